@@ -1,0 +1,43 @@
+# Two commands a user needs (see README): `make demo` and `make test`.
+# Both create or reuse .venv; a stamp file makes the second run take seconds.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.glassbox-installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PROFILE ?= quick
+OUT     ?= runs/$(PROFILE)
+
+.PHONY: setup data demo test train-full bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package when apt can be used.
+data:
+	@if [ ! -f $(FMNIST) ] && [ -z "$$GLASSBOX_DATA_DIR" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	  else echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' or set GLASSBOX_DATA_DIR"; fi; \
+	fi
+
+demo: setup
+	$(BIN)/train-all --profile $(PROFILE) --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+train-full: setup
+	GLASSBOX_DATA_DIR=$${GLASSBOX_DATA_DIR:-$$(test -d ../shared/data && echo ../shared/data)} \
+	  $(BIN)/train-all --profile full --out runs/full
+
+bench: setup
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf runs reports build *.egg-info
