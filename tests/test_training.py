@@ -1,0 +1,158 @@
+"""The training engine, checkpoints and the train / train-all commands, on real Fashion-MNIST."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from training.augment import augment, random_crop, random_hflip
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.cli import train, train_all
+from training.config import ConfigError, load_profile, resolve_config
+from training.engine import build_optimizer, build_scheduler, compute_loss, fit
+from training.models import create_model
+
+
+def _cfg(fmnist_dir, **over):
+    run = {"model": "lenet", "epochs": 1, "batch_size": 64, "schedule": {"name": "constant"},
+           "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 2000}}
+    run.update(over)
+    return resolve_config(run)
+
+
+def test_one_epoch_lenet_writes_checkpoint_and_history(fmnist_dir, tmp_path):
+    metrics = fit(_cfg(fmnist_dir), tmp_path / "run", progress=False, log=lambda *_: None)
+    run = tmp_path / "run"
+    for f in ("best.pt", "last.pt", "config.json", "history.json", "metrics.json", "curves.png"):
+        assert (run / f).is_file(), f
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, ckpt = model_from_checkpoint(run / "best.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["model"]["name"] == "lenet"
+    assert ckpt["config"]["dataset"]["classes"][0] == "T-shirt/top"
+    assert ckpt["config"]["dataset"]["train_images"] + ckpt["config"]["dataset"]["val_images"] == 2000
+    assert abs(ckpt["config"]["dataset"]["val_images"] - 200) <= 5  # stratified: rounded per class
+    hist = json.loads((run / "history.json").read_text())
+    assert hist == ckpt["history"] and hist[0]["epoch"] == 1 and hist[0]["train_loss"] > 0
+    # One epoch on 1,800 images is far above chance (10%) on the full official test set.
+    assert metrics["test_images"] == 10_000 and metrics["test_acc"] > 0.5
+    assert ckpt["metrics"]["test_acc"] == metrics["test_acc"]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_resume_continues_from_saved_epoch(fmnist_dir, tmp_path):
+    quiet = {"progress": False, "log": lambda *_: None}
+    fit(_cfg(fmnist_dir, epochs=1), tmp_path, **quiet)
+    first = load_checkpoint(tmp_path / "last.pt")
+    fit(_cfg(fmnist_dir, epochs=2), tmp_path, resume=True, **quiet)
+    second = load_checkpoint(tmp_path / "last.pt")
+    assert second["epoch"] == 2 and len(second["history"]) == 2
+    assert second["history"][0] == first["history"][0], "resume must keep the earlier history"
+    # The optimizer state was restored, not re-initialised: step counts carried over.
+    steps = lambda c: next(iter(c["optimizer"]["state"].values()))["step"]  # noqa: E731
+    assert float(steps(second)) == 2 * float(steps(first))
+
+
+def test_early_stopping_stops_when_validation_stalls(fmnist_dir, tmp_path):
+    cfg = _cfg(fmnist_dir, epochs=5, optimizer={"name": "sgd", "lr": 0.0}, early_stopping={"patience": 1})
+    metrics = fit(cfg, tmp_path, progress=False, log=lambda *_: None)
+    assert metrics["epochs_run"] == 2 and metrics["best_epoch"] == 1
+
+
+def test_vae_run_reports_loss(fmnist_dir, tmp_path):
+    cfg = resolve_config({"model": "cvae", "epochs": 1, "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 1000}})
+    m = fit(cfg, tmp_path, progress=False, log=lambda *_: None)
+    assert m["val_metric"] == "val_loss" and 0 < m["test_loss"] < 600 and m["test_kl"] > 0
+    assert cfg["task"] == "vae"
+    assert load_checkpoint(tmp_path / "best.pt")["config"]["dataset"]["mean"] == [0.0]
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "cosine"])
+def test_schedules(name):
+    model = create_model("logreg")
+    cfg = resolve_config({"model": "logreg", "epochs": 4, "schedule": {"name": name, "warmup_epochs": 1, "step_size": 2, "gamma": 0.1}})
+    opt = build_optimizer(cfg, model)
+    sched = build_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = cfg["optimizer"]["lr"]
+    if name == "constant":
+        assert lrs == [peak] * 40
+    elif name == "step":
+        assert lrs[0] == peak and lrs[25] == pytest.approx(peak * 0.1)
+    else:
+        assert lrs[0] < lrs[9] == pytest.approx(peak) and lrs[-1] < 0.01 * peak
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam", "nadam", "adamw"])
+def test_optimizers_and_penalties(opt_name):
+    model = create_model("logreg")
+    cfg = resolve_config({"model": "logreg", "optimizer": {"name": opt_name}})
+    assert type(build_optimizer(cfg, model)).__name__.lower() == {"sgd": "sgd", "adam": "adam", "nadam": "nadam", "adamw": "adamw"}[opt_name]
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    plain = compute_loss(model, x, y, cfg)[0]
+    penalised = resolve_config({"model": "logreg", "loss": {"l1": 1e-3, "l2": 1e-2}})
+    assert compute_loss(model, x, y, penalised)[0] > plain
+
+
+def test_augmentations_are_batched_and_seeded():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, g)
+    assert out.shape == x.shape
+    for i in range(2):  # every output is a 6x6 window of the zero-padded input
+        padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
+        assert any(torch.equal(out[i], padded[:, r:r + 6, c:c + 6]) for r in range(5) for c in range(5))
+    flipped = random_hflip(x, torch.Generator().manual_seed(1))
+    for i in range(2):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
+    spec = {"crop_pad": 2, "hflip": True, "noise_std": 0.1}
+    a = augment(x, spec, torch.Generator().manual_seed(3))
+    b = augment(x, spec, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="known models"):
+        resolve_config({"model": "resnet9000"})
+    with pytest.raises(ConfigError, match="optimizer"):
+        resolve_config({"model": "lenet", "optimizer": {"name": "lion"}})
+    with pytest.raises(ConfigError, match="quick"):
+        load_profile("no-such-profile")
+    for profile in ("quick", "full"):
+        configs, _ = load_profile(profile)
+        assert configs and all(c["task"] in ("classifier", "vae") for c in configs)
+
+
+def test_train_all_tiny_profile(fmnist_dir, tmp_path):
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(f"""
+[defaults]
+dataset = {{ name = "fashion-mnist", data_dir = "{fmnist_dir}", subset = 600 }}
+epochs = 1
+[[runs]]
+model = "lenet"
+[[runs]]
+model = "mlpvae"
+""")
+    res = CliRunner().invoke(train_all, ["--config", str(profile), "--out", str(tmp_path / "out"), "--no-export", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    runs = {r["run"]: r for r in summary["runs"]}
+    assert set(runs) == {"lenet", "mlpvae"}
+    assert 0 < runs["lenet"]["test_acc"] <= 1 and runs["mlpvae"]["test_loss"] > 0
+    assert runs["lenet"]["epochs"] == 1 and runs["lenet"]["wall_seconds"] > 0
+    assert "lenet" in res.output and "test acc" in res.output
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+    r = CliRunner().invoke(train, ["--model", "nope"])
+    assert r.exit_code == 2 and "known models" in r.output
+    r = CliRunner().invoke(train, ["--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x" / "best.pt").exists()
+    r = CliRunner().invoke(train_all, ["--profile", "nope"])
+    assert r.exit_code == 2 and "quick" in r.output

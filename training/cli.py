@@ -1,0 +1,182 @@
+"""Command line: ``train`` one model, ``train-all`` a profile of runs.
+
+    train --model lenet --epochs 3 --out runs/lenet
+    train-all --profile quick --out runs/quick          # the demo's training step
+    train-all --config my_runs.toml --out runs/mine
+
+Each run leaves best.pt, last.pt, config.json, history.json, metrics.json and curves.png in
+``<out>/<run name>/``; ``train-all`` also writes ``<out>/summary.json`` and, unless
+``--no-export``, exports every run into the model repository (``exported/``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import OPTIMIZERS, SCHEDULES, ConfigError, load_profile, resolve_config
+
+
+def _fail(msg: str, code: int = 2):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _errors():
+    """The errors a user can fix, turned into one line and exit code 2 instead of a traceback."""
+    from .data import DatasetError
+    return (ConfigError, DatasetError, FileNotFoundError)
+
+
+def _parse_model_args(pairs: tuple[str, ...]) -> dict:
+    args = {}
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--model-arg")
+        k, v = p.split("=", 1)
+        try:
+            args[k] = json.loads(v)
+        except json.JSONDecodeError:
+            args[k] = v
+    return args
+
+
+def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
+    from .export import export_checkpoint
+    res = export_checkpoint(run_dir / "best.pt", repository, data_dir=data_dir)
+    return {"exported": f"{res.name}/{res.version}", "export_seconds": round(res.seconds, 1)}
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--model", "model", default="lenet", help="Registry name of the model (see --list-models).")
+@click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Constructor argument, e.g. width=16 (repeatable; JSON values).")
+@click.option("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, lfw or lfw-min20.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Directory holding the dataset files (else $GLASSBOX_DATA_DIR, then system locations).")
+@click.option("--subset", type=int, default=None, help="Train on a random subset of this many training images.")
+@click.option("--val-fraction", type=float, default=0.1, help="Fraction of the training set held out for validation (model selection).")
+@click.option("--longtail", is_flag=True, help="Keep only 10%% of classes 0-4 (the long-tail CIFAR-10 variant).")
+@click.option("--epochs", type=int, default=10, help="Number of epochs.")
+@click.option("--batch-size", type=int, default=128, help="Training batch size.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", help="Optimizer (SGD uses Nesterov momentum).")
+@click.option("--lr", type=float, default=2e-3, help="Peak learning rate.")
+@click.option("--momentum", type=float, default=0.9, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=5e-4, help="Decoupled weight decay on weights (not biases or norms).")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", help="Learning-rate schedule (cosine has a linear warmup).")
+@click.option("--warmup-epochs", type=float, default=1.0, help="Warmup length for the cosine schedule.")
+@click.option("--step-size", type=int, default=10, help="Epochs between decays for the step schedule.")
+@click.option("--gamma", type=float, default=0.1, help="Decay factor for the step schedule.")
+@click.option("--l1", type=float, default=0.0, help="L1 (lasso) penalty on weights, added to the loss.")
+@click.option("--l2", type=float, default=0.0, help="L2 (ridge) penalty on weights, added to the loss.")
+@click.option("--label-smoothing", type=float, default=0.0, help="Label smoothing for cross-entropy.")
+@click.option("--clip-grad-norm", type=float, default=None, help="Clip the gradient norm to this value.")
+@click.option("--patience", type=int, default=None, help="Early stopping: epochs without validation improvement.")
+@click.option("--crop-pad", type=int, default=0, help="Augmentation: random crop after padding by this many pixels.")
+@click.option("--hflip", is_flag=True, help="Augmentation: random horizontal flips.")
+@click.option("--noise-std", type=float, default=0.0, help="Augmentation: Gaussian noise std (normalised units).")
+@click.option("--kl-weight", type=float, default=1.0, help="VAE: weight of the KL term.")
+@click.option("--vae-recon", type=click.Choice(["bce", "mse"]), default="bce", help="VAE reconstruction loss.")
+@click.option("--seed", type=int, default=0, help="Random seed (split, init, batches, augmentation).")
+@click.option("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/<model>[-<dataset>]].")
+@click.option("--resume", is_flag=True, help="Continue from <out>/last.pt.")
+@click.option("--export/--no-export", "do_export", default=False, help="Export the best checkpoint to the model repository.")
+@click.option("--repository", default="exported", help="Model repository for --export.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--list-models", is_flag=True, help="List the registry and exit.")
+def train(**o):
+    """Train one model of the registry on one dataset."""
+    from .models import list_models, model_info
+    if o["list_models"]:
+        for name in list_models():
+            e = model_info(name)
+            click.echo(f"{name:10s} {e.task:10s} {e.description}")
+        return
+    run = {
+        "model": {"name": o["model"], "args": _parse_model_args(o["model_arg"])},
+        "dataset": {"name": o["dataset"], "data_dir": o["data_dir"], "subset": o["subset"],
+                    "val_fraction": o["val_fraction"], "longtail": o["longtail"]},
+        "epochs": o["epochs"], "batch_size": o["batch_size"], "seed": o["seed"], "device": o["device"],
+        "optimizer": {"name": o["optimizer"], "lr": o["lr"], "momentum": o["momentum"], "weight_decay": o["weight_decay"]},
+        "schedule": {"name": o["schedule"], "warmup_epochs": o["warmup_epochs"], "step_size": o["step_size"], "gamma": o["gamma"]},
+        "loss": {"label_smoothing": o["label_smoothing"], "l1": o["l1"], "l2": o["l2"],
+                 "vae_recon": o["vae_recon"], "kl_weight": o["kl_weight"]},
+        "augment": {"crop_pad": o["crop_pad"], "hflip": o["hflip"], "noise_std": o["noise_std"]},
+        "clip_grad_norm": o["clip_grad_norm"], "early_stopping": {"patience": o["patience"], "min_delta": 0.0},
+    }
+    from .engine import fit
+    try:
+        cfg = resolve_config(run)
+        out = Path(o["out"] or Path("runs") / cfg["name"])
+        metrics = fit(cfg, out, resume=o["resume"], progress=not o["no_progress"])
+        if o["do_export"]:
+            metrics.update(_export(out, o["repository"], o["data_dir"]))
+    except _errors() as e:
+        _fail(str(e))
+    click.echo(f"{cfg['name']}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in metrics.items() if k.startswith(("test_", "best_", "exported"))))
+    click.echo(f"checkpoint: {out / 'best.pt'}")
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--profile", default="quick", help="Built-in profile (quick, full) or a path to a TOML/YAML profile.")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None, help="A TOML/YAML profile file (overrides --profile).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/<profile>].")
+@click.option("--only", multiple=True, help="Train only the runs with these names (repeatable).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory for every run that sets none.")
+@click.option("--export/--no-export", "do_export", default=True, help="Export every trained run to the model repository.")
+@click.option("--repository", default="exported", help="Model repository to export into.")
+@click.option("--resume", is_flag=True, help="Resume runs that have a last.pt; skip runs already finished.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def train_all(profile, config, out, only, data_dir, do_export, repository, resume, no_progress):
+    """Train every run of a profile, print a summary table and write <out>/summary.json."""
+    from .checkpoint import write_json
+    from .engine import fit
+    try:
+        configs, path = load_profile(config or profile)
+    except ConfigError as e:
+        _fail(str(e))
+    if only:
+        unknown = set(only) - {c["name"] for c in configs}
+        if unknown:
+            _fail(f"no run named {', '.join(sorted(unknown))} in {path}; runs: {', '.join(c['name'] for c in configs)}")
+        configs = [c for c in configs if c["name"] in only]
+    out = Path(out or Path("runs") / path.stem)
+    click.echo(f"train-all: {len(configs)} runs from {path} -> {out}")
+    rows, t0 = [], time.perf_counter()
+    for cfg in configs:
+        if data_dir and not cfg["dataset"].get("data_dir"):
+            cfg["dataset"]["data_dir"] = data_dir
+        run_dir = out / cfg["name"]
+        try:
+            if resume and (run_dir / "metrics.json").is_file():
+                m = json.loads((run_dir / "metrics.json").read_text())
+                click.echo(f"{cfg['name']}: already finished, skipped")
+            else:
+                m = fit(cfg, run_dir, resume=resume, progress=not no_progress)
+            if do_export and cfg.get("export", True):
+                m.update(_export(run_dir, repository, cfg["dataset"].get("data_dir")))
+        except _errors() as e:
+            _fail(f"{cfg['name']}: {e}")
+        rows.append({"run": cfg["name"], "model": cfg["model"]["name"], "dataset": cfg["dataset"]["name"],
+                     "test_acc": m.get("test_acc"), "test_loss": m.get("test_loss"),
+                     "best_val": m.get("best_val"), "val_metric": m.get("val_metric"),
+                     "epochs": m.get("epochs_run"), "wall_seconds": m.get("wall_seconds"),
+                     "exported": m.get("exported"), "checkpoint": str(run_dir / "best.pt")})
+        write_json(out / "summary.json", {"profile": str(path), "runs": rows,
+                                          "total_seconds": round(time.perf_counter() - t0, 1)})
+    click.echo(format_summary(rows))
+    click.echo(f"total {time.perf_counter() - t0:.0f}s; summary: {out / 'summary.json'}")
+
+
+def format_summary(rows: list[dict]) -> str:
+    head = f"{'run':18s} {'dataset':14s} {'test acc':>9s} {'test loss':>10s} {'best val':>9s} {'epochs':>6s} {'wall s':>7s}  exported"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = f"{r['test_acc'] * 100:8.2f}%" if r["test_acc"] is not None else f"{'-':>9s}"
+        loss = f"{r['test_loss']:10.4f}" if r["test_loss"] is not None else f"{'-':>10s}"
+        lines.append(f"{r['run']:18s} {r['dataset']:14s} {acc} {loss} {r['best_val']:9.4f} {r['epochs']:6d} "
+                     f"{r['wall_seconds']:7.1f}  {r['exported'] or '-'}")
+    return "\n".join(lines)
