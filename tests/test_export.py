@@ -1,0 +1,172 @@
+"""Export: ONNX graphs for every registry model, the parity gate, the repository, the CLI."""
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from training.checkpoint import save_checkpoint
+from training.data import load_dataset, preprocess
+from training.export import ParityError, export_checkpoint, export_model, verify_files, versions
+from training.export.cli import export as export_cli
+from training.export.pbtxt import parse_triton_config
+from training.models import create_model, list_models
+
+
+@pytest.fixture(scope="module")
+def fmnist_test(fmnist_dir):
+    return load_dataset("fashion-mnist", "test", data_dir=fmnist_dir)
+
+
+def config_for(model, fmnist_dir):
+    vae = model.task == "vae"
+    return {"name": model.arch, "task": model.task,
+            "model": {"name": model.arch, "args": model.args},
+            "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir),
+                        "classes": load_dataset("fashion-mnist", "test", data_dir=fmnist_dir).classes,
+                        "channels": model.in_chans, "size": [model.img_size] * 2,
+                        "mean": [0.0 if vae else 0.286] * model.in_chans, "std": [1.0 if vae else 0.353] * model.in_chans}}
+
+
+def ort_session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_exports_with_parity(name, tmp_path, fmnist_test, fmnist_dir):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    cfg = config_for(model, fmnist_dir)
+    res = export_model(model, cfg, tmp_path, images=fmnist_test.images[:48], batch_sizes=(1, 16))
+    m = res.manifest
+    assert res.version == 1 and m["name"] == name and m["task"] == model.task
+    expected = {"classifier", "gradcam"} if model.task == "classifier" and model.cam_layer else \
+        {"classifier"} if model.task == "classifier" else {"encoder", "decoder"}
+    assert set(m["graphs"]) == expected and set(m["parity"]) == expected
+    for graph, g in m["graphs"].items():
+        onnx_model = onnx.load(res.path / g["file"])
+        onnx.checker.check_model(onnx_model, full_check=True)
+        assert onnx_model.opset_import[0].version >= 18
+        for inp in onnx_model.graph.input:  # dynamic batch axis on every input
+            assert inp.type.tensor_type.shape.dim[0].dim_param, (graph, inp.name)
+        cfg_msg = parse_triton_config((res.path / f"{graph}.config.pbtxt").read_text())
+        assert cfg_msg.name == g["triton_name"] and cfg_msg.platform == "onnxruntime_onnx"
+        assert m["parity"][graph]["images"] == 48
+        for out, s in m["parity"][graph]["outputs"].items():
+            assert s["ok"] and s["max_abs"] <= 1e-5 + 1e-3 * 1e3, (graph, out)  # recorded, finite
+        if "argmax_agreement" in m["parity"][graph]:
+            assert m["parity"][graph]["argmax_agreement"] == 1.0
+    x = preprocess(fmnist_test.images[:5], m["preprocessing"])
+    if model.task == "classifier":
+        assert [layer["name"] for layer in m["layers"]] == model.layers
+        sess = ort_session(res.path / "classifier.onnx")
+        assert [o.name for o in sess.get_outputs()] == ["logits", "probabilities", *model.layers]
+        # A subset of outputs can be asked for: one embedding is a name lookup.
+        (emb,) = sess.run([model.layers[-1]], {"input": x})
+        with torch.no_grad():
+            _, feats = model.forward_intermediates(torch.from_numpy(x))
+        np.testing.assert_allclose(emb, feats[model.layers[-1]].numpy(), rtol=1e-3, atol=1e-5)
+    else:
+        assert m["latent_dim"] == model.latent_dim and m["layers"] == [] and m["labels"] == []
+    assert verify_files(res.path) == []
+    for key in ("format", "input", "preprocessing", "labels", "layers", "cam_layer", "opset", "files", "source",
+                "versions", "max_batch_size", "training", "dataset", "model"):
+        assert key in m, key
+
+
+def test_gradcam_targets_per_image_and_reference(tmp_path, fmnist_test, fmnist_dir):
+    from training.export.gradcam import reference_gradcam
+    torch.manual_seed(0)
+    model = create_model("lenet").eval()
+    res = export_model(model, config_for(model, fmnist_dir), tmp_path, images=fmnist_test.images[:16], batch_sizes=(16,))
+    x = preprocess(fmnist_test.images[:6], res.manifest["preprocessing"])
+    sess = ort_session(res.path / "gradcam.onnx")
+    targets = np.array([0, 1, 2, 3, 4, 5])
+    cam, logits = sess.run(["cam", "logits"], {"input": x, "target": targets})
+    assert cam.shape == (6, 28, 28) and (cam >= 0).all()
+    ref, _ = reference_gradcam(model, torch.from_numpy(x), torch.from_numpy(targets))
+    np.testing.assert_allclose(cam, ref.numpy(), rtol=1e-3, atol=1e-5)
+    # Each image gets its own target: changing one target changes only that image's map.
+    cam2, _ = sess.run(["cam", "logits"], {"input": x, "target": np.array([9, 1, 2, 3, 4, 5])})
+    assert not np.allclose(cam2[0], cam[0]) and np.allclose(cam2[1:], cam[1:])
+
+
+def test_real_1000_image_gate_from_checkpoint(tmp_path, fmnist_dir):
+    torch.manual_seed(0)
+    model = create_model("lenet")
+    ckpt = tmp_path / "run" / "best.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 1, "config": config_for(model, fmnist_dir),
+                           "metrics": {"test_acc": 0.1}, "history": [{"epoch": 1, "train_loss": 2.3}]})
+    res = export_checkpoint(ckpt, tmp_path / "repo")
+    p = res.manifest["parity"]["classifier"]
+    assert p["images"] == 1000 and p["batch_sizes"] == [1, 7, 64] and p["argmax_agreement"] == 1.0
+    assert res.manifest["source"]["checkpoint"] == str(ckpt) and res.manifest["training"]["history"][0]["epoch"] == 1
+    assert res.manifest["source"]["config"]["model"]["name"] == "lenet"
+    res2 = export_checkpoint(ckpt, tmp_path / "repo", parity_images=32)
+    assert res2.version == 2 and versions(tmp_path / "repo" / "lenet") == [1, 2]
+
+
+def test_corrupted_onnx_is_caught_by_sha256(tmp_path, fmnist_test, fmnist_dir):
+    model = create_model("mlp").eval()
+    res = export_model(model, config_for(model, fmnist_dir), tmp_path, images=fmnist_test.images[:8], batch_sizes=(8,))
+    f = res.path / "classifier.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    problems = verify_files(res.path)
+    assert len(problems) == 1 and "sha256 mismatch" in problems[0]
+
+
+def test_broken_parity_is_refused_and_writes_nothing(tmp_path, fmnist_test, fmnist_dir, monkeypatch):
+    import training.export.exporter as ex
+    model = create_model("lenet").eval()
+    real_export = ex.export_onnx
+
+    def sabotaged(module, args, path, inputs, outputs):
+        real_export(module, args, path, inputs, outputs)
+        m = onnx.load(path)  # perturb one weight of the written graph, as a buggy exporter would
+        init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
+        arr = onnx.numpy_helper.to_array(init).copy()
+        arr.flat[0] += 0.5
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        onnx.save(m, path)
+
+    monkeypatch.setattr(ex, "export_onnx", sabotaged)
+    with pytest.raises(ParityError, match="disagree"):
+        export_model(model, config_for(model, fmnist_dir), tmp_path, images=fmnist_test.images[:16], batch_sizes=(16,))
+    assert not (tmp_path / "lenet").exists()
+
+
+def test_crash_mid_export_keeps_previous_version(tmp_path, fmnist_test, fmnist_dir, monkeypatch):
+    import training.export.exporter as ex
+    model = create_model("lenet").eval()
+    cfg = config_for(model, fmnist_dir)
+    first = export_model(model, cfg, tmp_path, images=fmnist_test.images[:8], batch_sizes=(8,))
+    before = {p.name: p.read_bytes() for p in first.path.iterdir()}
+
+    def crash(*a, **k):
+        raise RuntimeError("simulated crash after the classifier graph was written")
+
+    monkeypatch.setattr(ex, "build_gradcam_graph", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_model(model, cfg, tmp_path, images=fmnist_test.images[:8], batch_sizes=(8,))
+    assert sorted(os.listdir(tmp_path / "lenet")) == ["1"], "no temp dir, no half version"
+    assert {p.name: p.read_bytes() for p in first.path.iterdir()} == before
+    assert verify_files(first.path) == []
+
+
+def test_export_cli(tmp_path, fmnist_dir):
+    model = create_model("lenet")
+    cfg = config_for(model, fmnist_dir)
+    for run in ("a", "b"):
+        save_checkpoint(tmp_path / "runs" / run / "best.pt", {"model": model.state_dict(), "epoch": 1, "config": cfg})
+    r = CliRunner().invoke(export_cli, [str(tmp_path / "runs"), "--repository", str(tmp_path / "repo"), "--parity-images", "16"])
+    assert r.exit_code == 0, r.output
+    assert "lenet/1" in r.output and "lenet/2" in r.output and "gradcam" in r.output
+    r = CliRunner().invoke(export_cli, [str(tmp_path)])
+    assert r.exit_code == 2 and "not a checkpoint" in r.output
+    json.loads((tmp_path / "repo" / "lenet" / "2" / "manifest.json").read_text())

@@ -1,0 +1,160 @@
+"""Checkpoint -> a parity-checked version in the model repository.
+
+    from training.export import export_checkpoint
+    res = export_checkpoint("runs/quick/lenet/best.pt", "exported")   # exported/lenet/<version>/
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from ..checkpoint import model_from_checkpoint
+from ..data import load_dataset, preprocess, random_subset
+from . import parity
+from .gradcam import build_gradcam_graph, reference_gradcam
+from .graphs import OPSET, ClassifierGraph, DecoderGraph, EncoderGraph, export_onnx, output_shapes
+from .pbtxt import parse_triton_config, triton_config
+from .repository import publish, sha256, staging
+
+MAX_BATCH_SIZE = 256
+
+
+@dataclass
+class ExportResult:
+    name: str
+    version: int
+    path: Path
+    manifest: dict
+    seconds: float
+
+
+def default_name(config: dict) -> str:
+    arch, dataset = config["model"]["name"], config["dataset"]["name"]
+    return arch if dataset == "fashion-mnist" else f"{arch}-{dataset}"
+
+
+def _t(name, shape, dtype="float32"):
+    return {"name": name, "shape": list(shape), "dtype": dtype}
+
+
+def parity_images(config: dict, n: int, data_dir=None) -> np.ndarray:
+    ds = config["dataset"]
+    test = load_dataset(ds["name"], split="test", data_dir=data_dir or ds.get("data_dir"))
+    return random_subset(test, n, seed=0).images
+
+
+def _check_onnx(path: Path) -> None:
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _export_classifier(model, tmp: Path, x: np.ndarray, name: str, record: dict, batch_sizes) -> dict:
+    xt = torch.from_numpy(x)
+    shapes = output_shapes(model, xt[:2])
+    outs = ["logits", "probabilities", *model.layers]
+    export_onnx(ClassifierGraph(model), (xt[:2],), tmp / "classifier.onnx", ["input"], outs)
+    _check_onnx(tmp / "classifier.onnx")
+    with torch.no_grad():
+        logits, feats = model.forward_intermediates(xt)
+    ref = {"logits": logits.numpy(), "probabilities": torch.softmax(logits, 1).numpy(),
+           **{k: v.numpy() for k, v in feats.items()}}
+    record["classifier"] = parity.check("classifier", tmp / "classifier.onnx", {"input": x}, ref, "logits", batch_sizes)
+    graphs = {"classifier": {"file": "classifier.onnx", "triton_name": name,
+                             "inputs": [_t("input", [-1, *x.shape[1:]])],
+                             "outputs": [_t(o, shapes[o]) for o in outs]}}
+    if model.cam_layer is not None:
+        export_onnx(build_gradcam_graph(model, xt[:2]), (xt[:2], torch.zeros(2, dtype=torch.int64)),
+                    tmp / "gradcam.onnx", ["input", "target"], ["cam", "logits"])
+        _check_onnx(tmp / "gradcam.onnx")
+        # Half the images get their predicted class, half another class: both paths are checked.
+        target = logits.argmax(1)
+        target[1::2] = (target[1::2] + 1) % logits.shape[1]
+        cam, cam_logits = reference_gradcam(model, xt, target)
+        record["gradcam"] = parity.check("gradcam", tmp / "gradcam.onnx", {"input": x, "target": target.numpy()},
+                                         {"cam": cam.numpy(), "logits": cam_logits.numpy()}, "logits", batch_sizes)
+        graphs["gradcam"] = {"file": "gradcam.onnx", "triton_name": f"{name}.gradcam",
+                             "inputs": [_t("input", [-1, *x.shape[1:]]), _t("target", [-1], "int64")],
+                             "outputs": [_t("cam", [-1, *x.shape[2:]]), _t("logits", shapes["logits"])]}
+    return graphs
+
+
+def _export_vae(model, tmp: Path, x: np.ndarray, name: str, record: dict, batch_sizes) -> dict:
+    xt = torch.from_numpy(x)
+    d = model.latent_dim
+    export_onnx(EncoderGraph(model), (xt[:2],), tmp / "encoder.onnx", ["input"], ["mean", "logvar"])
+    export_onnx(DecoderGraph(model), (torch.zeros(2, d),), tmp / "decoder.onnx", ["latent"], ["image"])
+    for f in ("encoder.onnx", "decoder.onnx"):
+        _check_onnx(tmp / f)
+    with torch.no_grad():
+        mean, logvar = model.encode(xt)
+        image = model.decode(mean)
+    record["encoder"] = parity.check("encoder", tmp / "encoder.onnx", {"input": x},
+                                     {"mean": mean.numpy(), "logvar": logvar.numpy()}, None, batch_sizes)
+    record["decoder"] = parity.check("decoder", tmp / "decoder.onnx", {"latent": mean.numpy()},
+                                     {"image": image.numpy()}, None, batch_sizes)
+    return {"encoder": {"file": "encoder.onnx", "triton_name": f"{name}.encoder",
+                        "inputs": [_t("input", [-1, *x.shape[1:]])],
+                        "outputs": [_t("mean", [-1, d]), _t("logvar", [-1, d])]},
+            "decoder": {"file": "decoder.onnx", "triton_name": f"{name}.decoder",
+                        "inputs": [_t("latent", [-1, d])], "outputs": [_t("image", [-1, *x.shape[1:]])]}}
+
+
+def export_model(model: torch.nn.Module, config: dict, repository="exported", name: str | None = None, *,
+                 checkpoint: str | Path | None = None, metrics: dict | None = None, history: list | None = None,
+                 parity_images_n: int = 1000, images: np.ndarray | None = None, data_dir=None,
+                 batch_sizes=parity.BATCH_SIZES) -> ExportResult:
+    """Export ``model`` (eval) as a new version of ``name``; raise ParityError writing nothing."""
+    t0 = time.perf_counter()
+    model = model.eval()
+    name = name or default_name(config)
+    ds = config["dataset"]
+    spec = {"channels": ds["channels"], "size": ds["size"], "mean": ds["mean"], "std": ds["std"]}
+    raw = images if images is not None else parity_images(config, parity_images_n, data_dir)
+    x = preprocess(raw, spec)
+    record: dict = {}
+    with staging(Path(repository), name) as tmp:
+        if model.task == "classifier":
+            graphs = _export_classifier(model, tmp, x, name, record, batch_sizes)
+            layer_shapes = output_shapes(model, torch.from_numpy(x[:2]))
+        else:
+            graphs = _export_vae(model, tmp, x, name, record, batch_sizes)
+            layer_shapes = {}
+        for graph, g in graphs.items():
+            text = triton_config(g["triton_name"], g, MAX_BATCH_SIZE)
+            parse_triton_config(text)
+            (tmp / f"{graph}.config.pbtxt").write_text(text)
+        manifest = {
+            "format": 1, "name": name, "version": None, "task": model.task, "dataset": ds["name"],
+            "model": {"arch": config["model"]["name"], "args": config["model"].get("args", {})},
+            "input": _t("input", [-1, *x.shape[1:]]),
+            "preprocessing": spec,
+            "labels": list(ds.get("classes") or []) if model.task == "classifier" else [],
+            "layers": [{"name": n, "shape": layer_shapes[n]} for n in getattr(model, "layers", [])],
+            "cam_layer": model.cam_layer,
+            "latent_dim": getattr(model, "latent_dim", None) if model.task == "vae" else None,
+            "opset": OPSET, "max_batch_size": MAX_BATCH_SIZE, "graphs": graphs,
+            "source": {"checkpoint": str(checkpoint) if checkpoint else None,
+                       "sha256": sha256(Path(checkpoint)) if checkpoint else None,
+                       "config": config, "metrics": metrics or {}},
+            "training": {"history": history or []},
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+            "parity": record,
+        }
+        version, path = publish(tmp, manifest)
+    import json
+    manifest = json.loads((path / "manifest.json").read_text())
+    return ExportResult(name, version, path, manifest, time.perf_counter() - t0)
+
+
+def export_checkpoint(checkpoint_path, repository="exported", name: str | None = None, *,
+                      parity_images: int = 1000, data_dir=None, **kwargs) -> ExportResult:
+    """Export a ``best.pt`` (or any Glassbox checkpoint) into ``repository``."""
+    model, ckpt = model_from_checkpoint(checkpoint_path)
+    return export_model(model, ckpt["config"], repository, name, checkpoint=checkpoint_path,
+                        metrics=ckpt.get("metrics"), history=ckpt.get("history"),
+                        parity_images_n=parity_images, data_dir=data_dir, **kwargs)
