@@ -1,0 +1,115 @@
+"""Dynamic batching per graph: concurrent requests merge into one ``session.run``, then split back.
+
+The batcher coroutine takes every job queued (up to ``max_batch`` images), runs them as one batch
+in a worker thread (onnxruntime releases the GIL), and meanwhile the event loop keeps accepting
+requests, which form the next batch. ``max_delay`` optionally waits a little for more work when
+the queue is not full. Jobs ask for any outputs of the graph; the batch runs their union. The queue
+is bounded: a full queue refuses at once (RESOURCE_EXHAUSTED). A job whose deadline has passed
+is dropped before compute (DEADLINE_EXCEEDED); a cancelled call's job is skipped.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DeadlineExceeded, ResourceExhausted
+
+log = logging.getLogger("glassbox.serving")
+
+
+@dataclass
+class Job:
+    feeds: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    n: int
+    future: asyncio.Future
+    deadline: float | None  # time.monotonic() seconds
+
+
+class Batcher:
+    def __init__(self, graph, *, max_batch: int, max_delay_s: float = 0.0, max_queue: int = 256, metrics=None):
+        self.graph = graph
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.queue: collections.deque[Job] = collections.deque()
+        self.wake = asyncio.Event()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{graph.triton_name}")
+        self.task: asyncio.Task | None = None
+        self.running = 0  # images in the batch being computed
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+        self.executor.shutdown(wait=False)
+
+    def depth(self) -> int:
+        return len(self.queue)
+
+    async def submit(self, feeds: dict[str, np.ndarray], outputs, n: int, deadline: float | None) -> dict[str, np.ndarray]:
+        if len(self.queue) >= self.max_queue:
+            raise ResourceExhausted(f"{self.graph.triton_name}: request queue is full ({self.max_queue} waiting); retry later")
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.append(Job(feeds, tuple(outputs), n, fut, deadline))
+        self.wake.set()
+        if self.metrics:
+            self.metrics.queue_depth.labels(self.graph.triton_name).set(len(self.queue))
+        return await fut
+
+    def _take(self) -> list[Job]:
+        jobs, images, now = [], 0, time.monotonic()
+        while self.queue and images + self.queue[0].n <= self.max_batch:
+            job = self.queue.popleft()
+            if job.future.done():  # cancelled by the client: no work
+                continue
+            if job.deadline is not None and now > job.deadline:
+                job.future.set_exception(DeadlineExceeded("deadline passed while queued; dropped before compute"))
+                continue
+            jobs.append(job)
+            images += job.n
+        return jobs
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.queue:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            if self.max_delay_s and sum(j.n for j in self.queue) < self.max_batch:
+                await asyncio.sleep(self.max_delay_s)
+            jobs = self._take()
+            if self.metrics:
+                self.metrics.queue_depth.labels(self.graph.triton_name).set(len(self.queue))
+            if not jobs:
+                continue
+            outputs = list(dict.fromkeys(o for j in jobs for o in j.outputs))
+            names = jobs[0].feeds.keys()
+            feeds = jobs[0].feeds if len(jobs) == 1 else {k: np.concatenate([j.feeds[k] for j in jobs]) for k in names}
+            n = sum(j.n for j in jobs)
+            try:
+                results = await loop.run_in_executor(self.executor, self.graph.run, outputs, feeds)
+            except Exception as e:  # onnxruntime failure: every job of the batch gets it
+                log.exception("%s: batch of %d failed", self.graph.triton_name, n)
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            if self.metrics:
+                self.metrics.batch_size.labels(self.graph.triton_name).observe(n)
+            by_name = dict(zip(outputs, results))
+            start = 0
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result({o: by_name[o][start:start + j.n] for o in j.outputs})
+                start += j.n

@@ -1,0 +1,190 @@
+"""A small typed client of the domain API (what the analysis CLI uses).
+
+    from serving.client import GlassboxClient
+    c = GlassboxClient("127.0.0.1:8500")
+    print(c.list_models())
+    res = c.classify("lenet", images)          # float32 [N,C,H,W] preprocessed, or PNG/JPEG bytes
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from ._generated.glassbox.v1 import glassbox_pb2 as pb
+from ._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
+
+
+class GlassboxError(Exception):
+    """A call the server refused: ``.code`` is the grpc.StatusCode, the message is the server's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code, self.message = code, message
+
+
+class ServerUnavailable(GlassboxError):
+    """No server answered at the address within the bounded retry."""
+
+
+@dataclass
+class ModelStatus:
+    name: str
+    version: int
+    task: str
+    ready: bool
+    error: str
+    graphs: list[str]
+    provider: str
+
+
+@dataclass
+class ClassifyResult:
+    indices: np.ndarray        # [N, k]
+    probs: np.ndarray          # [N, k]
+    labels: list[list[str]]
+    logits: np.ndarray | None  # [N, K]
+
+
+@dataclass
+class GradCamResult:
+    cams: np.ndarray      # [N, H, W], not normalised
+    targets: np.ndarray   # [N]
+    logits: np.ndarray    # [N, K]
+
+
+@dataclass
+class EncodeResult:
+    mean: np.ndarray
+    logvar: np.ndarray
+    z: np.ndarray | None
+
+
+def _arr(t: pb.Tensor) -> np.ndarray:
+    return np.frombuffer(t.data, np.int64 if t.dtype == "int64" else np.float32).reshape(tuple(t.shape))
+
+
+def _tensor(a: np.ndarray) -> pb.Tensor:
+    a = np.ascontiguousarray(a, np.float32)
+    return pb.Tensor(shape=a.shape, data=a.tobytes(), dtype="float32")
+
+
+def _images(images) -> pb.Images:
+    if isinstance(images, np.ndarray):
+        return pb.Images(tensor=_tensor(images))
+    return pb.Images(encoded=pb.EncodedImages(files=list(images)))
+
+
+class GlassboxClient:
+    def __init__(self, address: str = "127.0.0.1:8500", timeout: float = 60.0, connect_timeout: float = 5.0,
+                 chunk: int = 256, max_message_mb: int = 64):
+        self.address, self.timeout, self.chunk = address, timeout, chunk
+        limit = max_message_mb * 1024 * 1024
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", limit),
+                                                               ("grpc.max_receive_message_length", limit)])
+        try:  # a bounded wait: a down server is one clear error, not a hang
+            grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
+        except grpc.FutureTimeoutError:
+            self.channel.close()
+            raise ServerUnavailable(grpc.StatusCode.UNAVAILABLE,
+                                    f"no Glassbox server at {address} (waited {connect_timeout:.0f}s); start one with "
+                                    f"'serve --repository exported --port {address.rsplit(':', 1)[-1]}'") from None
+        self.stub = pb_grpc.GlassboxStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method: str, request, retries: int = 2):
+        for attempt in range(retries + 1):
+            try:
+                return getattr(self.stub, method)(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                # UNAVAILABLE while loading or a transient reconnect is worth a short retry.
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < retries and "shutting down" not in (e.details() or ""):
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                cls = ServerUnavailable if e.code() == grpc.StatusCode.UNAVAILABLE else GlassboxError
+                raise cls(e.code(), e.details() or "") from None
+
+    def _chunks(self, images):
+        n = len(images)
+        for i in range(0, n, self.chunk):
+            yield images[i:i + self.chunk]
+
+    def list_models(self) -> list[ModelStatus]:
+        r = self._call("ListModels", pb.ListModelsRequest())
+        return [ModelStatus(m.name, m.version, m.task, m.ready, m.error, list(m.graphs), m.provider) for m in r.models]
+
+    def get_model(self, name: str, version: int | None = None) -> dict:
+        r = self._call("GetModel", pb.GetModelRequest(name=name, version=version or 0))
+        return json.loads(r.manifest_json)
+
+    def classify(self, name: str, images, top_k: int = 5, return_logits: bool = False) -> ClassifyResult:
+        idx, probs, labels, logits = [], [], [], []
+        for part in self._chunks(images):
+            r = self._call("Classify", pb.ClassifyRequest(name=name, images=_images(part), top_k=top_k,
+                                                          return_logits=return_logits))
+            idx += [list(p.indices) for p in r.predictions]
+            probs += [list(p.probabilities) for p in r.predictions]
+            labels += [list(p.labels) for p in r.predictions]
+            if return_logits:
+                logits.append(_arr(r.logits))
+        return ClassifyResult(np.array(idx, np.int64), np.array(probs, np.float32), labels,
+                              np.concatenate(logits) if return_logits else None)
+
+    def embed(self, name: str, images, layers) -> dict[str, np.ndarray]:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        parts: dict[str, list] = {layer: [] for layer in layers}
+        for part in self._chunks(images):
+            r = self._call("Embed", pb.EmbedRequest(name=name, images=_images(part), layers=layers))
+            for layer in layers:
+                parts[layer].append(_arr(r.embeddings[layer]))
+        return {layer: np.concatenate(v) for layer, v in parts.items()}
+
+    def gradcam(self, name: str, images, targets=None) -> GradCamResult:
+        cams, ts, logits = [], [], []
+        for i, part in enumerate(self._chunks(images)):
+            t = [] if targets is None else list(np.asarray(targets)[i * self.chunk:(i + 1) * self.chunk])
+            r = self._call("GradCam", pb.GradCamRequest(name=name, images=_images(part), targets=t))
+            cams.append(_arr(r.cams))
+            ts += list(r.targets)
+            logits.append(_arr(r.logits))
+        return GradCamResult(np.concatenate(cams), np.array(ts, np.int64), np.concatenate(logits))
+
+    def encode(self, name: str, images, sample: bool = False, seed: int = 0) -> EncodeResult:
+        means, logvars, zs = [], [], []
+        for part in self._chunks(images):
+            r = self._call("Encode", pb.EncodeRequest(name=name, images=_images(part), sample=sample, seed=seed))
+            means.append(_arr(r.mean))
+            logvars.append(_arr(r.logvar))
+            if sample:
+                zs.append(_arr(r.z))
+        return EncodeResult(np.concatenate(means), np.concatenate(logvars), np.concatenate(zs) if sample else None)
+
+    def decode(self, name: str, latents: np.ndarray) -> np.ndarray:
+        return np.concatenate([_arr(self._call("Decode", pb.DecodeRequest(name=name, latents=_tensor(p))).images)
+                               for p in self._chunks(np.asarray(latents, np.float32))])
+
+    def reconstruct(self, name: str, images) -> np.ndarray:
+        return np.concatenate([_arr(self._call("Reconstruct", pb.ReconstructRequest(name=name, images=_images(p))).images)
+                               for p in self._chunks(images)])
+
+    def interpolate(self, name: str, a, b, steps: int = 10, alphas=None, latent: bool = False) -> np.ndarray:
+        """Decoded images from ``a`` to ``b`` (two images, or two latents with ``latent=True``)."""
+        req = pb.InterpolateRequest(name=name, steps=steps, alphas=list(alphas) if alphas is not None else [])
+        if latent:
+            req.latents.CopyFrom(_tensor(np.stack([np.asarray(a), np.asarray(b)])))
+        elif isinstance(a, (bytes, bytearray)):
+            req.images.CopyFrom(_images([a, b]))
+        else:
+            req.images.CopyFrom(_images(np.stack([np.asarray(a, np.float32), np.asarray(b, np.float32)])))
+        return _arr(self._call("Interpolate", req).images)

@@ -1,0 +1,155 @@
+"""Load ``exported/``: verify every file's sha256, build one onnxruntime session per graph.
+
+A model that fails (bad manifest, checksum mismatch, unloadable graph) is not served; the reason is
+logged and reported by ListModels, and the other models are served as usual.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger("glassbox.serving")
+
+
+@dataclass
+class Graph:
+    """One ONNX graph and its session; ``run`` is what the batcher calls."""
+    name: str                 # classifier, gradcam, encoder, decoder
+    triton_name: str
+    session: ort.InferenceSession
+    inputs: list[dict]        # manifest entries: name, shape (batch -1), dtype
+    outputs: list[dict]
+    max_batch_size: int
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.outputs]
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(outputs, feeds)
+
+
+@dataclass
+class Model:
+    name: str
+    version: int
+    path: Path
+    manifest: dict = field(default_factory=dict)
+    graphs: dict[str, Graph] = field(default_factory=dict)
+    error: str = ""
+    provider: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return not self.error
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_CUDA_OK: bool | None = None
+
+
+def _cuda_works(graph_file: Path) -> bool:
+    """onnxruntime-gpu lists CUDA even where its libraries or the GPU are missing; probe once with a
+    real session (its noisy load errors muted) and remember the answer."""
+    global _CUDA_OK
+    if _CUDA_OK is None:
+        ort.set_default_logger_severity(4)
+        try:
+            sess = ort.InferenceSession(str(graph_file), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            _CUDA_OK = sess.get_providers()[0] == "CUDAExecutionProvider"
+        except Exception:
+            _CUDA_OK = False
+        finally:
+            ort.set_default_logger_severity(2)
+        if not _CUDA_OK:
+            log.warning("CUDAExecutionProvider is installed but cannot run here (no GPU or CUDA libraries): serving on CPU")
+    return _CUDA_OK
+
+
+def providers(device: str, graph_file: Path) -> list[str]:
+    """CUDA then CPU where CUDA works (and is not disabled), else CPU."""
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_works(graph_file):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 0) -> Model:
+    model = Model(path.parent.name, int(path.name), path)
+    try:
+        model.manifest = json.loads((path / "manifest.json").read_text())
+        for fname, digest in model.manifest["files"].items():
+            f = path / fname
+            if not f.is_file():
+                raise ValueError(f"{fname} is missing")
+            if _sha256(f) != digest:
+                raise ValueError(f"{fname} fails its sha256 check (corrupted or changed since export)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.log_severity_level = 3
+        for gname, g in model.manifest["graphs"].items():
+            wanted = providers(device, path / g["file"])
+            sess = ort.InferenceSession(str(path / g["file"]), opts, providers=wanted)
+            model.graphs[gname] = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"],
+                                        int(model.manifest.get("max_batch_size", 256)))
+        used = {g.session.get_providers()[0] for g in model.graphs.values()}
+        model.provider = ",".join(sorted(used))
+        if wanted[0] not in used:  # say so loudly: a silent fall-back to CPU is a classic complaint
+            log.warning("%s/%s: wanted %s but runs on %s", model.name, model.version, wanted[0], model.provider)
+        log.info("loaded %s/%s (%s) on %s", model.name, model.version, ", ".join(model.graphs), model.provider)
+    except Exception as e:  # any failure: not served, reason kept for ListModels
+        model.graphs = {}
+        model.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+        log.error("not serving %s/%s: %s", model.name, model.version, model.error)
+    return model
+
+
+class Repository:
+    """Every version of every model in the repository directory; the newest is the default."""
+
+    def __init__(self, root: str | Path, **session_options):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model repository {self.root} does not exist (run train-all or export first)")
+        self.models: dict[str, dict[int, Model]] = {}
+        for mdir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for vdir in sorted((p for p in mdir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+                self.models.setdefault(mdir.name, {})[int(vdir.name)] = load_model(vdir, **session_options)
+        if not self.models:
+            raise FileNotFoundError(f"model repository {self.root} holds no <model>/<version>/ directories")
+        # v2 / Triton names (lenet, lenet.gradcam, cvae.encoder) -> (model name, graph name)
+        self.triton_names = {g.triton_name: (m.name, g.name) for m in self.latest_all() for g in m.graphs.values()}
+
+    def all(self) -> list[Model]:
+        return [m for versions in self.models.values() for m in versions.values()]
+
+    def latest_all(self) -> list[Model]:
+        return [versions[max(versions)] for versions in self.models.values()]
+
+    def get(self, name: str, version: int = 0) -> Model:
+        """The model (newest version when 0); KeyError with the valid names otherwise."""
+        from .errors import NotFound
+        versions = self.models.get(name)
+        if not versions:
+            raise NotFound(f"unknown model {name!r}; models: {', '.join(sorted(self.models))}")
+        v = version or max(versions)
+        if v not in versions:
+            raise NotFound(f"model {name!r} has no version {v}; versions: {', '.join(map(str, sorted(versions)))}")
+        m = versions[v]
+        if not m.ready:
+            from .errors import Unavailable
+            raise Unavailable(f"model {name!r} version {v} is not served: {m.error}")
+        return m

@@ -1,0 +1,72 @@
+"""What both servicers share: the repository, one batcher per graph, the draining flag, metrics,
+and ``handle`` - the wrapper that turns errors into status codes and never lets a bad request
+become INTERNAL.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import numpy as np
+
+from .batcher import Batcher
+from .errors import InvalidArgument, ServingError, Unavailable
+
+log = logging.getLogger("glassbox.serving")
+
+
+class Runtime:
+    def __init__(self, metrics, *, max_batch: int | None = None, max_delay_s: float = 0.0, max_queue: int = 256):
+        self.repo = None          # set once loaded; until then every call is UNAVAILABLE
+        self.draining = False
+        self.metrics = metrics
+        self.batchers: dict[tuple[str, int, str], Batcher] = {}
+        self.options = {"max_batch": max_batch, "max_delay_s": max_delay_s, "max_queue": max_queue}
+
+    def attach(self, repo) -> None:
+        for m in repo.all():
+            for g in m.graphs.values():
+                b = Batcher(g, max_batch=min(self.options["max_batch"] or g.max_batch_size, g.max_batch_size),
+                            max_delay_s=self.options["max_delay_s"], max_queue=self.options["max_queue"],
+                            metrics=self.metrics)
+                b.start()
+                self.batchers[(m.name, m.version, g.name)] = b
+        self.repo = repo
+
+    def model(self, name: str, version: int = 0):
+        if self.repo is None:
+            raise Unavailable("server is still loading models")
+        if not name:
+            raise InvalidArgument("model name is empty")
+        return self.repo.get(name, version)
+
+    async def run(self, model, graph: str, feeds: dict[str, np.ndarray], outputs, context) -> dict[str, np.ndarray]:
+        if graph not in model.graphs:
+            raise InvalidArgument(f"model {model.name!r} has no {graph} graph (graphs: {', '.join(model.graphs)})")
+        remaining = context.time_remaining() if context is not None else None
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        n = len(next(iter(feeds.values())))
+        return await self.batchers[(model.name, model.version, graph)].submit(feeds, outputs, n, deadline)
+
+    async def handle(self, method: str, model_name: str, context, fn):
+        """Run ``fn()``; map ServingError to its status code, anything else to INTERNAL (logged)."""
+        t0 = time.perf_counter()
+        status = "OK"
+        try:
+            if self.draining:
+                raise Unavailable("server is shutting down")
+            return await fn()
+        except ServingError as e:
+            status = e.code.name
+            await context.abort(e.code, str(e))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            status = "INTERNAL"
+            log.exception("%s on %s failed", method, model_name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        finally:
+            if self.metrics:
+                self.metrics.requests.labels(method, model_name or "-", status).inc()
+                self.metrics.latency.labels(method).observe(time.perf_counter() - t0)

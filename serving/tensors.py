@@ -1,0 +1,82 @@
+"""Request tensors in and out: decode, validate (shape, dtype, count, NaN/Inf, batch), encode.
+
+Encoded PNG/JPEG images are decoded with Pillow and preprocessed by ``training.data.preprocess``
+with the manifest's ``preprocessing``: the same function training used.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from training.data import preprocess
+
+from ._generated.glassbox.v1 import glassbox_pb2 as pb
+from .errors import InvalidArgument
+
+DTYPES = {"": np.float32, "float32": np.float32, "int64": np.int64}
+
+
+def from_proto(t: pb.Tensor, what: str) -> np.ndarray:
+    dtype = DTYPES.get(t.dtype)
+    if dtype is None:
+        raise InvalidArgument(f"{what}: dtype {t.dtype!r} not supported (float32 or int64)")
+    shape = tuple(int(s) for s in t.shape)
+    if any(s < 0 for s in shape):
+        raise InvalidArgument(f"{what}: negative dimension in shape {list(shape)}")
+    count = int(np.prod(shape)) if shape else 0
+    itemsize = np.dtype(dtype).itemsize
+    if len(t.data) != count * itemsize:
+        raise InvalidArgument(f"{what}: shape {list(shape)} needs {count} {np.dtype(dtype).name} values "
+                              f"({count * itemsize} bytes), got {len(t.data)} bytes")
+    return np.frombuffer(t.data, dtype).reshape(shape)
+
+
+def to_proto(a: np.ndarray) -> pb.Tensor:
+    a = np.ascontiguousarray(a)
+    return pb.Tensor(shape=a.shape, data=a.tobytes(), dtype="int64" if a.dtype == np.int64 else "float32")
+
+
+def check_batch(x: np.ndarray, expected: list[int], max_batch: int, what: str = "images") -> np.ndarray:
+    """``expected`` is the manifest shape with -1 for the batch axis."""
+    if x.ndim != len(expected) or list(x.shape[1:]) != list(expected[1:]):
+        raise InvalidArgument(f"{what}: shape {list(x.shape)} does not match the model's {['N', *expected[1:]]}")
+    if x.shape[0] == 0:
+        raise InvalidArgument(f"{what}: empty batch")
+    if x.shape[0] > max_batch:
+        raise InvalidArgument(f"{what}: batch of {x.shape[0]} is above the maximum of {max_batch}; split it")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise InvalidArgument(f"{what}: contains NaN or Inf")
+    return x
+
+
+def decode_images(files, spec: dict) -> np.ndarray:
+    mode = "L" if int(spec["channels"]) == 1 else "RGB"
+    out = []
+    for i, data in enumerate(files):
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise InvalidArgument(f"image {i}: cannot decode as PNG/JPEG ({e})") from None
+        out.append(preprocess(np.asarray(img.convert(mode))[None], spec))
+    if not out:
+        raise InvalidArgument("images: empty batch")
+    return np.concatenate(out)
+
+
+def images_from_request(images: pb.Images, manifest: dict) -> np.ndarray:
+    kind = images.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument("images: give either a tensor or encoded files")
+    max_batch = int(manifest.get("max_batch_size", 256))
+    if kind == "encoded":
+        if len(images.encoded.files) > max_batch:
+            raise InvalidArgument(f"images: batch of {len(images.encoded.files)} is above the maximum of {max_batch}; split it")
+        x = decode_images(images.encoded.files, manifest["preprocessing"])
+    else:
+        x = from_proto(images.tensor, "images")
+        if x.dtype != np.float32:
+            raise InvalidArgument("images: tensor dtype must be float32")
+    return check_batch(x, manifest["input"]["shape"], max_batch)
