@@ -1,91 +1,93 @@
-"""CIFAR-10 from the official python pickle batches, an ImageFolder tree, or a zip of one.
+"""CIFAR-10 from the official python pickle batches, or from an ImageFolder tree / zip of JPEGs.
 
-Pickles: ``cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` (rows of 3072 bytes,
-channel-planar). ImageFolder: ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``, classes sorted by
-name (which is the official label order). Decoding 60,000 JPEGs takes a while, so the decoded
-arrays are cached as ``~/.cache/glassbox/<name>-<size>-<mtime>-<split>.npz`` (written atomically).
+    x, y, classes = load_pickles(Path("data/cifar-10-batches-py"), "train")   # [50000, 32, 32, 3]
+    x, y, classes = load_pickles(Path("data/cifar-10-python.tar.gz"), "test")  # the download, unextracted
+
+Pickles: ``data_batch_1..5`` (train), ``test_batch``, ``batches.meta`` (``label_names``), each a
+dict with ``data`` uint8 [10000, 3072] (channel-planar rows: 1024 red, 1024 green, 1024 blue) and
+``labels``; read with ``encoding="bytes"`` as the official page says, then one reshape/transpose.
+Unpickling can run code, so only the numpy globals these files use are allowed.
+
+ImageFolder trees and zips (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) go through
+``imagefolder.read_imagefolder``: classes sorted by name, which is the official label order.
 """
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
-import zipfile
+import tarfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .base import DatasetCorrupt
 
-CACHE = Path(os.environ.get("GLASSBOX_CACHE", Path.home() / ".cache" / "glassbox"))
+BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+TARBALL = "cifar-10-python.tar.gz"
 
 
-def load_pickles(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    xs, ys = [], []
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Refuses every global but the ones numpy arrays are rebuilt with (no arbitrary code)."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _unpickle(data: bytes, where: str) -> dict:
     try:
-        meta = pickle.loads((directory / "batches.meta").read_bytes(), encoding="bytes")
-        classes = [c.decode() for c in meta[b"label_names"]]
-        for n in names:
-            d = pickle.loads((directory / n).read_bytes(), encoding="bytes")
-            xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(np.asarray(d[b"labels"], np.int64))
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-        raise DatasetCorrupt(f"{directory}: cannot read the CIFAR-10 pickle batches ({e})") from None
-    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), classes
+        d = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # UnpicklingError, EOFError (truncated), ValueError, ...
+        raise DatasetCorrupt(f"{where}: not a CIFAR-10 python pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise DatasetCorrupt(f"{where}: not a CIFAR-10 python pickle (a {type(d).__name__}, not a dict)")
+    return d
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
+def _batch(d: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    except Exception as e:  # PIL raises many types for bad files
-        raise DatasetCorrupt(f"{where}: not a readable image ({e})") from None
+        x = np.asarray(d[b"data"])
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetCorrupt(f"{where}: a CIFAR-10 batch needs 'data' and 'labels' ({e})") from None
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        raise DatasetCorrupt(f"{where}: data is {x.dtype}{list(x.shape)}, expected uint8 [N, 3072]")
+    if y.shape != (len(x),) or (y.size and (y.min() < 0 or y.max() > 9)):
+        raise DatasetCorrupt(f"{where}: {y.size} labels in {y.min() if y.size else '-'}..{y.max() if y.size else '-'}"
+                             f" for {len(x)} images, expected {len(x)} in 0..9")
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
-def _folder_members(names: list[str], split: str) -> tuple[list[str], list[str]]:
-    """Image paths under ``<root>/<split>/<class>/`` (root may be a prefix) and the sorted classes."""
-    picked = []
-    for n in names:
-        parts = n.split("/")
-        if len(parts) >= 3 and parts[-3] == split and parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
-            picked.append(n)
-    classes = sorted({n.split("/")[-2] for n in picked})
-    return sorted(picked), classes
-
-
-def load_imagefolder(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    st = path.stat()
-    cached = CACHE / f"{path.name}-{st.st_size}-{int(st.st_mtime)}-{split}.npz"
-    if cached.is_file():
-        with np.load(cached, allow_pickle=False) as z:
-            return z["x"], z["y"], [str(c) for c in z["classes"]]
-    if path.is_dir():
-        names, classes = _folder_members([p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()], split)
-        read = lambda n: (path / n).read_bytes()  # noqa: E731
+def load_pickles(source: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images uint8 [N, 32, 32, 3], labels int64, class names from a batches folder or the tarball."""
+    source = Path(source)
+    if source.is_dir():
+        def read(name: str) -> tuple[bytes, str]:
+            try:
+                return (source / name).read_bytes(), str(source / name)
+            except OSError as e:
+                raise DatasetCorrupt(f"{source / name}: cannot read ({e})") from None
     else:
         try:
-            zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise DatasetCorrupt(f"{path}: not a readable zip ({e})") from None
-        names, classes = _folder_members(zf.namelist(), split)
-        read = zf.read
-    if not names:
-        raise DatasetCorrupt(f"{path}: no {split}/<class>/*.jpg images in this ImageFolder tree")
-    index = {c: i for i, c in enumerate(classes)}
-    x = np.stack([_decode(read(n), f"{path}:{n}") for n in names])
-    y = np.array([index[n.split("/")[-2]] for n in names], np.int64)
-    _save_cache(cached, x=x, y=y, classes=np.array(classes))
-    return x, y, classes
+            with tarfile.open(source) as tar:  # only the few members needed, kept in memory
+                blobs = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()
+                         if m.isfile() and Path(m.name).name in BATCHES[split] + ["batches.meta"]}
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DatasetCorrupt(f"{source}: not a readable tar.gz ({e})") from None
 
+        def read(name: str) -> tuple[bytes, str]:
+            if name not in blobs:
+                raise DatasetCorrupt(f"{source}: no {name} inside")
+            return blobs[name], f"{source}:{name}"
 
-def _save_cache(path: Path, **arrays) -> None:
+    meta = _unpickle(*read("batches.meta"))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home only costs the next run a re-decode
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
+    except KeyError:
+        raise DatasetCorrupt(f"{source}: batches.meta has no label_names") from None
+    xs, ys = zip(*(_batch(_unpickle(*read(n)), f"{source}/{n}") for n in BATCHES[split]))
+    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), classes

@@ -1,9 +1,18 @@
-"""LFW faces from the official per-person folders of JPEGs, or from an npz (``x``, ``y``, ``names``).
+"""Labeled Faces in the Wild: the official per-person JPEG folders, or an npz of x, y, names.
 
-Folders: ``lfw/<Person_Name>/<Person_Name>_0001.jpg`` (also ``lfw-deepfunneled``), 250x250 RGB.
-``crop`` is a centre box (left, top, right, bottom) applied before resizing to ``size``; the
-defaults keep the face (pixels 50..200), as the npz copies in the test data do.
-LFW has no official split for classification, so a seeded 80/20 per-person split is made here.
+    x, y, names = load_lfw_npz(Path("lfw/lfw-deepfunneled-32.npz"))           # uint8 [13233, 32, 32, 3]
+    x, y, names = load_lfw_folders(Path("lfw-deepfunneled"), size=64, crop=150)
+    idx = split_per_person(y, "test", seed=0)                                  # the held-out 20%
+
+Folders: ``lfw/<Person_Name>/<Person_Name>_0001.jpg`` (or ``lfw-deepfunneled/``), 250x250 RGB.
+``crop`` keeps the face before resizing to ``size``: an int is the side of a centred square, a
+4-tuple a PIL box (left, top, right, bottom), None keeps the whole image. The default, a centred
+150 square (pixels 50..200), is how the npz copies in the shared test data were made. Decoding
+13,233 JPEGs takes a while, so the result is cached like CIFAR-10's (see ``cache.py``).
+
+Classes are the person names sorted (label i = names[i]). LFW has no official train/test split
+for identification, so ``split_per_person`` makes a seeded, per-person 80/20 one: deterministic for
+a seed, and each person's images are divided in proportion (people with 1-2 images stay in train).
 """
 from __future__ import annotations
 
@@ -12,54 +21,81 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import cache
 from .base import DatasetCorrupt
+
+DEFAULT_CROP = 150
+NPZ = {"lfw": ["lfw-deepfunneled-32.npz"],
+       # the min20 npz, else the full one filtered to people with at least 20 images
+       "lfw-min20": ["lfw-deepfunneled-min20-64.npz", "lfw-deepfunneled-32.npz"]}
+FOLDERS = ("lfw-deepfunneled", "lfw", "lfw_funneled", "lfw-funneled")
 
 
 def load_lfw_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     try:
         with np.load(path, allow_pickle=False) as z:
             x, y, names = z["x"], z["y"].astype(np.int64), [str(n) for n in z["names"]]
-    except (OSError, KeyError, ValueError) as e:
-        raise DatasetCorrupt(f"{path}: not an LFW npz with x, y, names ({e})") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or (len(y) and y.max() >= len(names)):
-        raise DatasetCorrupt(f"{path}: inconsistent arrays (x {x.shape} {x.dtype}, y {y.shape}, {len(names)} names)")
+    except Exception as e:  # OSError, BadZipFile, KeyError, ValueError (object arrays), ...
+        raise DatasetCorrupt(f"{path}: not an LFW npz with arrays x, y, names ({type(e).__name__}: {e})") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or len(x) != len(y) or y.ndim != 1 \
+            or (len(y) and (y.min() < 0 or y.max() >= len(names))):
+        raise DatasetCorrupt(f"{path}: inconsistent arrays (x {x.dtype}{list(x.shape)}, y {list(y.shape)} in "
+                             f"{y.min() if y.size else '-'}..{y.max() if y.size else '-'}, {len(names)} names)")
     return x, y, names
 
 
-def load_lfw_folders(root: Path, size: int, crop: tuple[int, int, int, int] | None = (50, 50, 200, 200)):
+def crop_box(crop, width: int, height: int) -> tuple[int, int, int, int] | None:
+    if crop is None:
+        return None
+    if isinstance(crop, (int, np.integer)):
+        left, top = (width - int(crop)) // 2, (height - int(crop)) // 2
+        return left, top, left + int(crop), top + int(crop)
+    box = tuple(int(v) for v in crop)
+    if len(box) != 4:
+        raise ValueError(f"crop must be an int (centred square side) or a (left, top, right, bottom) box, got {crop!r}")
+    return box
+
+
+def load_lfw_folders(root: Path, size: int, crop=DEFAULT_CROP, use_cache: bool = True):
+    """Every ``<person>/*.jpg`` under ``root``, cropped and resized to ``size`` x ``size``."""
+    key = cache.source_key(root, size, crop) if use_cache else None
+    if key is not None and (hit := cache.load("lfw-folders", key)) is not None:
+        return hit["x"], hit["y"].astype(np.int64), [str(n) for n in hit["names"]]
     people = sorted(p for p in root.iterdir() if p.is_dir())
-    xs, ys = [], []
-    for i, person in enumerate(people):
-        for f in sorted(person.glob("*.jpg")):
-            try:
-                img = Image.open(f).convert("RGB")
-            except Exception as e:
-                raise DatasetCorrupt(f"{f}: not a readable image ({e})") from None
-            if crop:
-                img = img.crop(crop)
-            xs.append(np.asarray(img.resize((size, size), Image.BILINEAR)))
-            ys.append(i)
-    if not xs:
-        raise DatasetCorrupt(f"{root}: no <person>/*.jpg images")
-    return np.stack(xs), np.array(ys, np.int64), [p.name for p in people]
+    files = [(i, f) for i, person in enumerate(people) for f in sorted(person.glob("*.jpg"))]
+    if not files:
+        raise DatasetCorrupt(f"{root}: no <Person_Name>/*.jpg images")
+    x = np.empty((len(files), size, size, 3), np.uint8)
+    for k, (_, f) in enumerate(files):  # JPEG decoding is per-file by nature; cached afterwards
+        try:
+            with Image.open(f) as im:
+                img = im.convert("RGB")
+        except Exception as e:
+            raise DatasetCorrupt(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
+        box = crop_box(crop, *img.size)
+        if box is not None:
+            img = img.crop(box)
+        x[k] = np.asarray(img.resize((size, size), Image.BILINEAR))
+    y = np.array([i for i, _ in files], np.int64)
+    names = [p.name for p in people]
+    if key is not None:
+        cache.save("lfw-folders", key, x=x, y=y, names=np.array(names))
+    return x, y, names
 
 
 def min_images(x: np.ndarray, y: np.ndarray, names: list[str], k: int):
     """Keep the people with at least ``k`` images, relabelled 0..P-1 in name order."""
     counts = np.bincount(y, minlength=len(names))
     keep = np.flatnonzero(counts >= k)
-    remap = -np.ones(len(names), np.int64)
+    remap = np.full(len(names), -1, np.int64)
     remap[keep] = np.arange(len(keep))
     mask = remap[y] >= 0
     return x[mask], remap[y[mask]], [names[i] for i in keep]
 
 
 def split_per_person(y: np.ndarray, split: str, seed: int = 0, test_fraction: float = 0.2) -> np.ndarray:
-    """Indices of a deterministic per-person split: each person's images go ~80/20."""
-    rng = np.random.default_rng(seed)
-    test = np.zeros(len(y), bool)
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        test[idx[: int(round(len(idx) * test_fraction))]] = True
+    """Sorted indices of ``split`` in a seeded per-person split: round(20%) of each person's images
+    are test. The two splits are disjoint and cover everything."""
+    from .splits import stratified_mask
+    test = stratified_mask(y, test_fraction, np.random.default_rng(seed))
     return np.flatnonzero(test if split == "test" else ~test)
