@@ -8,6 +8,7 @@ import gzip
 import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,8 @@ def test_missing_dataset_names_every_remedy(tmp_path):
         load_dataset("mnist", split="val", data_dir=tmp_path)
     with pytest.raises(TypeError, match="sise"):
         load_dataset("lfw", data_dir=tmp_path, sise=32)
+    with pytest.raises(TypeError, match="size"):  # resizing MNIST is preprocess's job
+        load_dataset("mnist", data_dir=tmp_path, size=32)
 
 
 def test_search_order(tmp_path, monkeypatch):
@@ -181,6 +184,8 @@ def test_cifar_pickles_and_tarball(tmp_path):
     with tarfile.open(tar_dir / "cifar-10-python.tar.gz", "w:gz") as t:
         t.add(tmp_path / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     assert np.array_equal(load_dataset("cifar10", "test", data_dir=tar_dir).images, test.images)
+    tarball = tar_dir / "cifar-10-python.tar.gz"  # data_dir may name the file itself
+    assert np.array_equal(load_dataset("cifar10", "test", data_dir=tarball).images, test.images)
 
 
 def test_cifar_pickles_corrupt(tmp_path):
@@ -228,6 +233,8 @@ def test_cifar_imagefolder(tmp_path, monkeypatch, layout):
     assert np.array_equal(again.images, ds.images) and again.classes == ds.classes
     monkeypatch.undo()
     assert len(load_dataset("cifar10", "train", data_dir=root, cache=False)) == 6
+    if layout == "zip":  # data_dir may name the zip itself
+        assert np.array_equal(load_dataset("cifar10", "test", data_dir=root / "cifar10-jpg.zip").images, ds.images)
 
 
 def test_cifar_imagefolder_corrupt(tmp_path):
@@ -262,6 +269,8 @@ def test_lfw_npz(tmp_path):
     m = load_dataset("lfw-min20", "train", data_dir=tmp_path)
     assert m.classes == [names[0], names[3]] and m.images.shape[1:] == (64, 64, 3) and len(m) == 16 + 24
     assert len(load_dataset("lfw", "train", data_dir=tmp_path, size=16).images[0]) == 16
+    direct = load_dataset("lfw", "test", data_dir=tmp_path / "lfw" / "lfw-deepfunneled-32.npz")
+    assert np.array_equal(direct.images, test.images)
     np.savez(tmp_path / "lfw" / "lfw-deepfunneled-32.npz", x=x[:3], y=y, names=names)
     with pytest.raises(DatasetCorrupt, match="inconsistent"):
         load_dataset("lfw", data_dir=tmp_path)
@@ -311,6 +320,16 @@ def test_real_lfw(shared_data):
     assert m.images.shape[1:] == (64, 64, 3) and len(m.classes) == 62 and len(set(m.labels)) == 62
     full = load_dataset("lfw", "test", data_dir=shared_data)
     assert full.images.shape[1:] == (32, 32, 3) and len(full.classes) == 5749
+
+
+def test_real_cifar10_zip_layout(shared_data):
+    # Decoding the 60,000 JPEGs is a few seconds (then cached): here only the layout the reader
+    # relies on is checked, from the zip's directory.
+    from training.data.imagefolder import _tree
+    with zipfile.ZipFile(shared_data / "cifar10" / "cifar10-jpg.zip") as z:
+        tree = _tree(z.namelist())
+    assert len(tree["train"]) == 50000 and len(tree["test"]) == 10000
+    assert sorted({c for _, c in tree["train"]}) == CIFAR_CLASSES == DATASETS["cifar10"]["classes"]
 
 
 # --- preprocess ---------------------------------------------------------------------------------

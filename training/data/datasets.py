@@ -10,7 +10,8 @@
         raise SystemExit(f"error: {e}") from None
 
 Search order, first hit wins:
-  1. ``data_dir`` when given, and then only there: a typo must not silently train on other data;
+  1. ``data_dir`` when given (a directory, or the zip/tarball/npz itself), and then only there:
+     a typo must not silently train on other data (nor trigger a download);
   2. ``$GLASSBOX_DATA_DIR``;
   3. the system location: ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``
      package) and ``/usr/share/datasets/mnist``;
@@ -39,7 +40,9 @@ from .imagefolder import read_imagefolder
 from .lfw import DEFAULT_CROP, FOLDERS, NPZ, load_lfw_folders, load_lfw_npz, min_images, split_per_person
 from .registry import HOW_TO_GET, SUBDIRS, SYSTEM_DIRS, dataset_info
 
-OPTIONS = {"size", "crop", "split_seed", "cache"}
+# Reader options each dataset takes (images of the others are resized by ``preprocess``, not here).
+OPTIONS = {"fashion-mnist": {"cache"}, "mnist": {"cache"}, "cifar10": {"cache"},
+           "lfw": {"size", "crop", "split_seed", "cache"}, "lfw-min20": {"size", "crop", "split_seed", "cache"}}
 CIFAR_ZIPS = ("cifar10-jpg.zip", "cifar10.zip", "cifar-10.zip")
 
 
@@ -142,8 +145,9 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     dataset_info(name)  # unknown names fail here, with the list of known ones
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if unknown := set(options) - OPTIONS:
-        raise TypeError(f"load_dataset() got unknown options {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    if unknown := set(options) - OPTIONS[name]:
+        raise TypeError(f"load_dataset({name!r}) got unknown options {sorted(unknown)}; "
+                        f"it takes {sorted(OPTIONS[name])}")
     download = download or os.environ.get("GLASSBOX_DOWNLOAD", "").lower() in ("1", "true", "yes")
     roots = _roots(name, data_dir)
     try:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from . import cache
 from .base import DatasetCorrupt
+from .splits import stratified_mask
 
 DEFAULT_CROP = 150
 NPZ = {"lfw": ["lfw-deepfunneled-32.npz"],
@@ -96,6 +97,5 @@ def min_images(x: np.ndarray, y: np.ndarray, names: list[str], k: int):
 def split_per_person(y: np.ndarray, split: str, seed: int = 0, test_fraction: float = 0.2) -> np.ndarray:
     """Sorted indices of ``split`` in a seeded per-person split: round(20%) of each person's images
     are test. The two splits are disjoint and cover everything."""
-    from .splits import stratified_mask
     test = stratified_mask(y, test_fraction, np.random.default_rng(seed))
     return np.flatnonzero(test if split == "test" else ~test)
