@@ -117,6 +117,8 @@ class GlassboxClient:
 
     def _chunks(self, images):
         n = len(images)
+        if n == 0:  # let the server say what is wrong with an empty batch
+            yield images
         for i in range(0, n, self.chunk):
             yield images[i:i + self.chunk]
 

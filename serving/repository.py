@@ -150,6 +150,6 @@ class Repository:
             raise NotFound(f"model {name!r} has no version {v}; versions: {', '.join(map(str, sorted(versions)))}")
         m = versions[v]
         if not m.ready:
-            from .errors import Unavailable
-            raise Unavailable(f"model {name!r} version {v} is not served: {m.error}")
+            from .errors import FailedPrecondition
+            raise FailedPrecondition(f"model {name!r} version {v} is not served: {m.error}")
         return m

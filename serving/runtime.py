@@ -4,6 +4,7 @@ become INTERNAL.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -61,6 +62,9 @@ class Runtime:
             status = e.code.name
             await context.abort(e.code, str(e))
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:  # the client went away (cancel or its deadline): no reply
+            status = "CANCELLED"
             raise
         except Exception as e:
             status = "INTERNAL"

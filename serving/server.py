@@ -45,6 +45,8 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
                 max_message_mb: int = 64, grace: float = 10.0, tls_cert: str | None = None,
                 tls_key: str | None = None, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> int:
+    if not Path(repository).is_dir():
+        raise FileNotFoundError(f"model repository {repository} does not exist (run train-all or export first)")
     metrics = Metrics()
     runtime = Runtime(metrics, max_batch=max_batch, max_delay_s=max_delay_us / 1e6, max_queue=max_queue)
     limit = max_message_mb * 1024 * 1024
@@ -80,8 +82,12 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
         log.info("metrics on http://%s:%d/metrics", host, metrics_port)
 
     loop = asyncio.get_running_loop()
-    repo = await loop.run_in_executor(None, lambda: Repository(repository, device=device, intra_op_threads=intra_op_threads,
-                                                                inter_op_threads=inter_op_threads))
+    try:
+        repo = await loop.run_in_executor(None, lambda: Repository(repository, device=device, intra_op_threads=intra_op_threads,
+                                                                    inter_op_threads=inter_op_threads))
+    except Exception:
+        await server.stop(0)
+        raise
     runtime.attach(repo)
     for m in repo.all():
         log.info("%-20s v%-3d %-10s %s", m.name, m.version, m.manifest.get("task", "?"),

@@ -11,7 +11,7 @@ import numpy as np
 from ._generated.inference import grpc_service_pb2 as pb
 from ._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from ._generated.inference import model_config_pb2 as mc
-from .errors import InvalidArgument, NotFound
+from .errors import InvalidArgument, NotFound, ServingError
 from .tensors import check_batch
 
 V2_TYPES = {"float32": "FP32", "int64": "INT64"}
@@ -44,12 +44,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         async def go():
-            try:
+            try:  # a bool answer for any name: unknown, failed and not-yet-loaded models are not ready
                 self._graph(request.name, request.version)
                 return pb.ModelReadyResponse(ready=True)
-            except (NotFound, InvalidArgument):
-                raise
-            except Exception:
+            except ServingError:
                 return pb.ModelReadyResponse(ready=False)
         return await self.rt.handle("ModelReady", request.name, context, go)
 

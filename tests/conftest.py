@@ -25,3 +25,89 @@ def fmnist_dir() -> Path:
     if not (FMNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file() and not (FMNIST_DIR / "t10k-images-idx3-ubyte").is_file():
         pytest.fail(f"Fashion-MNIST not found at {FMNIST_DIR}: run 'make data' (apt-get install dataset-fashion-mnist)")
     return FMNIST_DIR
+
+
+# --- A small real model repository and a running server, shared by the serving and analysis tests.
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, fmnist_dir):
+    """A briefly trained lenet, mlp and cvae on real Fashion-MNIST (a few seconds each)."""
+    from training.config import resolve_config
+    from training.engine import fit
+    root = tmp_path_factory.mktemp("runs")
+    data = {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 12000}
+    runs = {"lenet": {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.003}},
+            "mlp": {"epochs": 1},
+            "cvae": {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.002, "weight_decay": 0.0}}}
+    for name, over in runs.items():
+        fit(resolve_config({"model": name, "dataset": data, **over}), root / name, progress=False, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, trained_runs, fmnist_dir):
+    """exported/ with lenet, mlp, cvae and a deliberately corrupted copy of lenet ("broken")."""
+    from training.export import export_checkpoint
+    repo = tmp_path_factory.mktemp("exported")
+    for name in ("lenet", "mlp", "cvae"):
+        export_checkpoint(trained_runs / name / "best.pt", repo, parity_images=64, data_dir=fmnist_dir)
+    shutil.copytree(repo / "lenet", repo / "broken")
+    onnx_file = repo / "broken" / "1" / "classifier.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    return repo
+
+
+def start_server(repo, *extra, env=None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "serving.server", "--repository", str(repo), "--port", str(port),
+           "--metrics-port", "0", "--log-level", "WARNING", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    address = f"127.0.0.1:{port}"
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early: {proc.stdout.read()}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc, address
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become SERVING within 60 s")
+
+
+def stop_server(proc) -> int:
+    import signal
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+@pytest.fixture(scope="session")
+def server(repository):
+    """A real `serve` subprocess on a free loopback port; yields its address."""
+    proc, address = start_server(repository)
+    yield address
+    stop_server(proc)
