@@ -100,6 +100,10 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = inter_op_threads
         opts.log_severity_level = 3
+        # onnxruntime's pool threads spin while idle; on a small machine that steals the CPU the
+        # event loop needs to accept the next requests, so let them sleep instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         for gname, g in model.manifest["graphs"].items():
             wanted = providers(device, path / g["file"])
             sess = ort.InferenceSession(str(path / g["file"]), opts, providers=wanted)

@@ -1,0 +1,146 @@
+"""Serving throughput and latency: `serve` vs in-process onnxruntime, on this machine.
+
+    .venv/bin/python benchmarks/serve_bench.py [--seconds 5] [--models lenet,inception]
+
+Exports random-weight models into a temporary repository (weights do not change the compute),
+starts `serve` as a subprocess, and drives it with an asyncio gRPC client (KServe v2 ModelInfer,
+batch-1 requests, output `logits`) at concurrency 1, 8, 32 and 64. Beside it: in-process
+onnxruntime on the same graph at batch 1 and batch 32. Finally tritonclient's asyncio client
+(in a subprocess: its protos and ours share names) confirms the v2 endpoint and is timed too.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def export_models(repo: Path, names: list[str]) -> None:
+    import torch
+
+    from training.data import dataset_info, load_dataset
+    from training.export import export_model
+    from training.models import create_model
+    info = dataset_info("fashion-mnist")
+    images = load_dataset("fashion-mnist", "test").images[:64]
+    for name in names:
+        torch.manual_seed(0)
+        m = create_model(name).eval()
+        cfg = {"name": name, "task": "classifier", "model": {"name": name, "args": m.args},
+               "dataset": {"name": "fashion-mnist", "classes": info["classes"], "channels": m.in_chans,
+                           "size": [m.img_size] * 2, "mean": info["mean"] * m.in_chans, "std": info["std"] * m.in_chans}}
+        t0 = time.perf_counter()
+        export_model(m, cfg, repo, images=images, batch_sizes=(1, 64))
+        print(f"exported {name} in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def in_process(path: Path, shape, batch: int, seconds: float) -> float:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
+    sess.run(["logits"], {"input": x})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(["logits"], {"input": x})
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+async def drive(address: str, model: str, shape, concurrency: int, seconds: float) -> tuple[float, float, float]:
+    import grpc
+
+    from serving._generated.inference import grpc_service_pb2 as pb
+    from serving._generated.inference import grpc_service_pb2_grpc as pb_grpc
+    x = np.random.default_rng(0).standard_normal((1, *shape[1:])).astype(np.float32)
+    req = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, *shape[1:]])], raw_input_contents=[x.tobytes()],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")])
+    lat: list[float] = []
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        for _ in range(20):
+            await stub.ModelInfer(req)
+        stop = time.perf_counter() + seconds
+
+        async def worker():
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                await stub.ModelInfer(req)
+                lat.append(time.perf_counter() - t)
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        wall = time.perf_counter() - t0
+    lat_ms = np.array(lat) * 1e3
+    return len(lat) / wall, float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 99))
+
+
+TRITON = """
+import asyncio, sys, time, numpy as np
+import tritonclient.grpc.aio as tca
+async def main(address, model, shape, conc, seconds):
+    c = tca.InferenceServerClient(address)
+    assert await c.is_server_live() and await c.is_model_ready(model)
+    x = np.zeros([1] + shape[1:], np.float32)
+    inp = tca.InferInput("input", list(x.shape), "FP32"); inp.set_data_from_numpy(x)
+    out = [tca.InferRequestedOutput("logits")]
+    n = 0; stop = time.perf_counter() + seconds; shapes = set()
+    async def w():
+        nonlocal n
+        while time.perf_counter() < stop:
+            r = await c.infer(model, [inp], outputs=out); n += 1; shapes.add(r.as_numpy("logits").shape)
+    t0 = time.perf_counter(); await asyncio.gather(*[w() for _ in range(conc)])
+    assert shapes == {(1, 10)}, shapes
+    print(f"{n / (time.perf_counter() - t0):.0f}")
+    await c.close()
+asyncio.run(main(sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], int(sys.argv[4]), float(sys.argv[5])))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="measurement time per point")
+    ap.add_argument("--models", default="lenet,inception", help="registry models to serve")
+    ap.add_argument("--concurrency", default="1,8,32,64")
+    ap.add_argument("--server-args", default="", help="extra serve options, e.g. '--intra-op-threads 1'")
+    ap.add_argument("--export-only", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.export_only:  # the exporter checks Triton configs with tritonclient's protos: keep them out of this process
+        export_models(Path(a.export_only), a.models.split(","))
+        return
+    from conftest import free_port, start_server, stop_server  # the test suite's server launcher
+    names = a.models.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        subprocess.run([sys.executable, __file__, "--export-only", str(repo), "--models", a.models], check=True)
+        proc, address = start_server(repo, *a.server_args.split())
+        try:
+            print(f"\nserver: serve {a.server_args or '(defaults)'}; client: grpc.aio, batch-1 ModelInfer, {os.cpu_count()} CPUs shared")
+            print(f"{'model':10s} {'mode':24s} {'images/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
+            for name in names:
+                shape = [-1, 1, 32, 32] if name in ("inception",) else [-1, 1, 28, 28]
+                graph = repo / name / "1" / "classifier.onnx"
+                for b in (1, 32):
+                    print(f"{name:10s} {'in-process ort batch ' + str(b):24s} {in_process(graph, shape, b, a.seconds):10.0f}", flush=True)
+                for c in map(int, a.concurrency.split(",")):
+                    ips, p50, p99 = asyncio.run(drive(address, name, shape, c, a.seconds))
+                    print(f"{name:10s} {'grpc concurrency ' + str(c):24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+                r = subprocess.run([sys.executable, "-c", TRITON, address, name, ",".join(map(str, shape)), "32",
+                                    str(a.seconds)], capture_output=True, text=True, cwd=ROOT)
+                print(f"{name:10s} {'tritonclient.aio c=32':24s} {r.stdout.split()[0] if r.returncode == 0 else 'FAILED ' + r.stderr[-200:]:>10s}", flush=True)
+        finally:
+            stop_server(proc)
+
+
+if __name__ == "__main__":
+    main()
