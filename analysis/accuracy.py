@@ -1,0 +1,49 @@
+"""``analyze accuracy``: accuracy, per-class precision/recall/F1, confusion matrix, confident mistakes,
+and the training curves from the manifest.
+
+    analyze accuracy --model lenet --split test
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics, plots
+from .common import call, model_input, unit_images, write_json
+
+
+def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: int = 24) -> dict:
+    model, classes = man["name"], man["labels"]
+    if limit:
+        ds = ds.subset(np.arange(min(limit, len(ds))))
+    res = call(client.classify, model, model_input(man, ds.images), top_k=1, return_logits=True)
+    pred = res.indices[:, 0]
+    report = metrics.classification_report(ds.labels, pred, classes)
+    plots.save(plots.confusion_figure(np.array(report["confusion_matrix"]), classes,
+                                      f"{model}: confusion matrix ({ds.name} {len(ds)} images, acc {report['accuracy']:.2%})"),
+               out / "confusion.png")
+    wrong = np.flatnonzero(pred != ds.labels)
+    worst = wrong[np.argsort(-res.probs[wrong, 0], kind="stable")][:mistakes]
+    if len(worst):
+        titles = [f"{classes[pred[i]][:10]} {res.probs[i, 0]:.0%}\n(true {classes[ds.labels[i]][:10]})" for i in worst]
+        plots.save(plots.image_grid(unit_images(man, ds.images[worst]), titles,
+                                    suptitle=f"{model}: the most confident mistakes"), out / "mistakes.png")
+    history = man.get("training", {}).get("history") or []
+    if history:
+        plots.save(plots.curves_figure(history, f"{model}: training curves"), out / "curves.png")
+    report.update({"model": model, "dataset": ds.name, "images": int(len(ds)),
+                   "most_confident_mistakes": [{"index": int(i), "true": classes[ds.labels[i]],
+                                                "predicted": classes[pred[i]], "probability": float(res.probs[i, 0])}
+                                               for i in worst],
+                   "history": history})
+    write_json(out / "accuracy.json", report)
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [f"accuracy {report['accuracy']:.4f} on {report['images']} images, macro F1 {report['macro_f1']:.4f}",
+             f"{'class':14s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'support':>8s}"]
+    for c in report["per_class"]:
+        lines.append(f"{c['class'][:14]:14s} {c['precision']:9.3f} {c['recall']:7.3f} {c['f1']:6.3f} {c['support']:8d}")
+    return "\n".join(lines)

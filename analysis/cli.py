@@ -1,0 +1,145 @@
+"""``analyze``: figures and numbers from a running Glassbox server.
+
+    analyze embeddings --model lenet --layer fc1 --out reports/lenet
+    analyze embeddings --model lenet --layer all --thumbnails
+    analyze gradcam --model lenet --target predicted --sensitivity 5
+    analyze accuracy --model lenet
+    analyze vae --model cvae --steps 10
+    analyze report --out reports/demo
+
+Every command writes PNGs and a JSON of every figure it computed into --out, and prints a summary.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from .common import connect, dataset, manifest, write_json
+
+CTX = {"show_default": True, "help_option_names": ["-h", "--help"]}
+
+
+def common(model_required: bool = True):
+    def wrap(fn):
+        @click.option("--server", default="127.0.0.1:8500", help="host:port of a running `serve`.")
+        @click.option("--model", required=model_required, help="Model name in the server's repository (see ListModels).")
+        @click.option("--dataset", "dataset_name", default=None, help="Dataset to draw images from [default: the model's].")
+        @click.option("--split", type=click.Choice(["train", "test"]), default="test", help="Dataset split.")
+        @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory (else the usual search).")
+        @click.option("--out", type=click.Path(file_okay=False), default="reports", help="Output directory (a subfolder per model).")
+        @click.option("--seed", type=int, default=0, help="Seed for the image sample.")
+        @functools.wraps(fn)
+        def inner(**kw):
+            return fn(**kw)
+        return inner
+    return wrap
+
+
+def _setup(server, model, dataset_name, split, data_dir):
+    client = connect(server)
+    man = manifest(client, model)
+    return client, man, dataset(man, dataset_name, split, data_dir)
+
+
+@click.group(context_settings=CTX)
+def cli():
+    """Analyse models served by a Glassbox server: embeddings, Grad-CAM, accuracy, VAEs, HTML report."""
+
+
+@cli.command(context_settings=CTX)
+@common()
+@click.option("--layer", "layers", multiple=True, default=("fc1",), help="Layer to embed (repeatable); 'all' = input, every layer, logits.")
+@click.option("--per-class", type=int, default=50, help="Images per class in the class-balanced sample.")
+@click.option("--thumbnails", is_flag=True, help="Also draw the t-SNE map with the images at their coordinates.")
+def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, per_class, thumbnails):
+    """PCA and t-SNE of layer activations, and how well classes separate in each layer."""
+    from . import embeddings as emb
+    client, man, ds = _setup(server, model, dataset_name, split, data_dir)
+    valid = ["input", "logits", "all", *[layer["name"] for layer in man["layers"]]]
+    bad = [layer for layer in layers if layer not in valid]
+    if bad:
+        raise click.BadParameter(f"unknown layer {', '.join(bad)} of {model!r}; layers: {', '.join(valid)}", param_hint="--layer")
+    summary = emb.run(client, man, ds, list(layers), per_class, Path(out) / model, thumbnails, seed)
+    click.echo(emb.table(summary))
+    click.echo(f"wrote {Path(out) / model}/embeddings*.png and embeddings.json")
+
+
+@cli.command(context_settings=CTX)
+@common()
+@click.option("--target", default="predicted", help="Class whose map to draw: predicted, true, or a class name or index.")
+@click.option("--per-class", type=int, default=2, help="Images per class in the grid.")
+@click.option("--sensitivity", default=None, metavar="CLASS", help="Also draw, for one image of every class, the map of this fixed class.")
+def gradcam(server, model, dataset_name, split, data_dir, out, seed, target, per_class, sensitivity):
+    """A grid of images with their Grad-CAM heatmaps overlaid."""
+    from . import gradcam as gc
+    client, man, ds = _setup(server, model, dataset_name, split, data_dir)
+    res = gc.run(client, man, ds, target, per_class, Path(out) / model, sensitivity, seed)
+    g = res["grid"]
+    agree = sum(t == p for t, p in zip(g["true"], g["predicted"])) / max(1, len(g["true"]))
+    click.echo(f"{model}: Grad-CAM of {g['images']} images (target {target}); model right on {agree:.0%} of them")
+    click.echo(f"wrote {Path(out) / model}/gradcam*.png and gradcam.json")
+
+
+@cli.command(context_settings=CTX)
+@common()
+@click.option("--limit", type=int, default=None, help="Score only the first N images of the split.")
+def accuracy(server, model, dataset_name, split, data_dir, out, seed, limit):
+    """Accuracy, per-class precision/recall/F1, confusion matrix, confident mistakes, training curves."""
+    from . import accuracy as acc
+    client, man, ds = _setup(server, model, dataset_name, split, data_dir)
+    report = acc.run(client, man, ds, Path(out) / model, limit)
+    click.echo(acc.table(report))
+    click.echo(f"wrote {Path(out) / model}/confusion.png, mistakes.png, accuracy.json")
+
+
+def _pair(value: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in value.split(","))
+        return a, b
+    except ValueError:
+        raise click.BadParameter(f"expected two indices like 3,17, got {value!r}", param_hint="--pair") from None
+
+
+@cli.command(context_settings=CTX)
+@common()
+@click.option("--steps", type=click.IntRange(2, 256), default=10, help="Images per interpolation strip (alpha 0 to 1).")
+@click.option("--pair", "pairs", multiple=True, help="Two image indices to interpolate between, e.g. 3,17 (repeatable) [default: random pairs].")
+@click.option("--samples", type=int, default=32, help="Images decoded from the prior.")
+@click.option("--images", type=int, default=1000, help="Images scored for MSE, PSNR and the ELBO terms.")
+def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, samples, images):
+    """Reconstructions, interpolations, prior samples, reconstruction MSE / PSNR and ELBO terms."""
+    from . import vae as v
+    client, man, ds = _setup(server, model, dataset_name, split, data_dir)
+    if man["task"] != "vae":
+        raise click.ClickException(f"model {model!r} is a {man['task']}, not a VAE")
+    res = v.run(client, man, ds, Path(out) / model, steps, [_pair(p) for p in pairs], samples=samples, images=images, seed=seed)
+    click.echo(f"{model}: MSE {res['mse']:.5f}, PSNR {res['psnr']:.2f} dB, BCE {res['bce']:.2f}, KL {res['kl']:.2f}, "
+               f"ELBO {res['elbo']:.2f} on {res['n']} images")
+    click.echo(f"wrote {Path(out) / model}/vae_*.png and vae.json")
+
+
+@cli.command(context_settings=CTX)
+@click.option("--server", default="127.0.0.1:8500", help="host:port of a running `serve`.")
+@click.option("--model", "models", multiple=True, help="Model to include (repeatable) [default: every ready model].")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", help="Dataset split.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory (else the usual search).")
+@click.option("--per-class", type=int, default=50, help="Images per class for the embedding maps.")
+@click.option("--out", type=click.Path(file_okay=False), default="reports", help="Output directory.")
+def report(server, models, split, data_dir, per_class, out):
+    """Every analysis of one or more models in one self-contained HTML page."""
+    from . import report as rep
+    client = connect(server)
+    if not models:
+        models = [m.name for m in client.list_models() if m.ready]
+        if not models:
+            raise click.ClickException(f"the server at {server} has no ready model")
+    out = Path(out)
+    results = {}
+    for name in models:
+        click.echo(f"analysing {name} ...")
+        results[name] = rep.analyse_model(client, name, split, data_dir, out, per_class, progress=True)
+    path = rep.render(results, out, server)
+    write_json(out / "report.json", {n: {k: v for k, v in s.items() if k != "manifest"} for n, s in results.items()})
+    click.echo(f"report: {path.resolve()}")

@@ -1,0 +1,71 @@
+"""``analyze gradcam``: Grad-CAM heatmaps over images, and the fixed-class sensitivity figure.
+
+    analyze gradcam --model lenet --target predicted        # or: true, a class name, a class index
+    analyze gradcam --model lenet --sensitivity Sneaker     # one image per class, the map of one class
+
+Maps come from the server un-normalised (comparable across images); each is min-max normalised
+here for display only. The JSON keeps the raw per-image maximum and mean.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from training.data import class_balanced_sample
+
+from . import metrics, plots
+from .common import call, model_input, unit_images, write_json
+
+
+def resolve_class(value: str, classes: list[str]) -> int:
+    if value.isdigit() and int(value) < len(classes):
+        return int(value)
+    lowered = [c.lower() for c in classes]
+    if value.lower() in lowered:
+        return lowered.index(value.lower())
+    raise click.BadParameter(f"{value!r} is not a class; classes: {', '.join(classes)} (or an index 0..{len(classes) - 1})")
+
+
+def run(client, man: dict, ds, target: str, per_class: int, out: Path, sensitivity: str | None = None, seed: int = 0) -> dict:
+    model, classes = man["name"], man["labels"]
+    if not man["graphs"].get("gradcam"):
+        raise click.ClickException(f"model {model!r} has no Grad-CAM graph (no spatial layer, e.g. an MLP or RNN)")
+    result = {"model": model}
+    sample = class_balanced_sample(ds, per_class, seed=seed)
+    x = model_input(man, sample.images)
+    if target == "predicted":
+        targets = None
+    elif target == "true":
+        targets = sample.labels
+    else:
+        targets = np.full(len(sample), resolve_class(target, classes))
+    res = call(client.gradcam, model, x, targets)
+    pred = res.logits.argmax(1)
+    titles = [f"map: {classes[t][:9]}\ntrue: {classes[y][:9]}" for t, y in zip(res.targets, sample.labels)]
+    plots.save(plots.overlay_grid(unit_images(man, sample.images), metrics.normalize_maps(res.cams), titles,
+                                  suptitle=f"{model}: Grad-CAM at '{man['cam_layer']}', target = {target}"),
+               out / f"gradcam_{target.replace('/', '_')}.png")
+    result["grid"] = {"target": target, "images": int(len(sample)), "targets": res.targets.tolist(),
+                      "true": sample.labels.tolist(), "predicted": pred.tolist(),
+                      "cam_max": res.cams.reshape(len(x), -1).max(1).tolist(),
+                      "cam_mean": res.cams.reshape(len(x), -1).mean(1).tolist()}
+    if sensitivity is not None:
+        k = resolve_class(sensitivity, classes)
+        one = class_balanced_sample(ds, 1, seed=seed)
+        s = call(client.gradcam, model, model_input(man, one.images), np.full(len(one), k))
+        plots.save(plots.overlay_grid(unit_images(man, one.images), metrics.normalize_maps(s.cams),
+                                      [f"a {classes[y][:10]}" for y in one.labels], ncols=len(one),
+                                      suptitle=f"{model}: which parts of each class look like '{classes[k]}'"),
+                   out / f"gradcam_sensitivity_{k}.png")
+        result["sensitivity"] = {"class": classes[k], "index": k, "images_true": one.labels.tolist(),
+                                 "cam_max": s.cams.reshape(len(one), -1).max(1).tolist(),
+                                 "prob_of_class": _softmax(s.logits)[:, k].tolist()}
+    write_json(out / "gradcam.json", result)
+    return result
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
