@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics, plots
-from .common import call, model_input, unit_images, write_json
+from .common import batched, model_input, unit_images, write_json
 
 
-def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: int = 24) -> dict:
+def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: int = 24,
+        progress: bool = True) -> dict:
     model, classes = man["name"], man["labels"]
     if limit:
         ds = ds.subset(np.arange(min(limit, len(ds))))
-    res = call(client.classify, model, model_input(man, ds.images), top_k=1, return_logits=True)
+    res = batched(client.classify, model, model_input(man, ds.images), top_k=1, return_logits=True,
+                  desc=f"{model} classify", progress=progress)
     pred = res.indices[:, 0]
     report = metrics.classification_report(ds.labels, pred, classes)
     plots.save(plots.confusion_figure(np.array(report["confusion_matrix"]), classes,

@@ -6,12 +6,15 @@ dataset readers; it never imports torch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import click
 import numpy as np
+from tqdm.auto import tqdm
 
 from serving.client import GlassboxClient, GlassboxError
 from training.data import DatasetError, load_dataset, preprocess
@@ -52,14 +55,35 @@ def unit_images(man: dict, images: np.ndarray) -> np.ndarray:
     return preprocess(images, {**spec, "mean": [0.0] * spec["channels"], "std": [1.0] * spec["channels"]})
 
 
+def plain(obj):
+    """numpy scalars/arrays -> Python, NaN/inf -> None: strict JSON that browsers and jq accept."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
 def write_json(path: Path, obj) -> Path:
-    """Atomic: a reader never sees half a file."""
+    """Atomic (temp file + rename): a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(plain(obj), f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
 
 
@@ -69,3 +93,37 @@ def call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except GlassboxError as e:
         raise click.ClickException(e.message) from None
+
+
+def batched(fn, model: str, images, *args, per_image=None, desc: str = "", progress: bool = True,
+            chunk: int = 512, **kwargs):
+    """``call(fn, model, images[i:i+chunk], ...)`` over the batch with a progress bar, results joined.
+
+    The client already splits into chunks the server accepts; this exists for the bar (10,000
+    images take seconds). ``per_image`` is an argument sliced with the images (Grad-CAM targets).
+    Joins arrays, dicts of arrays and the client's result dataclasses field by field.
+    """
+    parts = []
+    with tqdm(total=len(images), desc=desc or fn.__name__, unit="img", disable=not progress, leave=False) as bar:
+        for i in range(0, max(len(images), 1), chunk):
+            extra = {} if per_image is None else {"targets": np.asarray(per_image)[i:i + chunk]}
+            parts.append(call(fn, model, images[i:i + chunk], *args, **extra, **kwargs))
+            bar.update(len(images[i:i + chunk]))
+    return _join(parts)
+
+
+def _join(parts):
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if isinstance(first, np.ndarray):
+        return np.concatenate(parts)
+    if isinstance(first, dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in first}
+    if isinstance(first, list):
+        return [x for p in parts for x in p]
+    if first is None:
+        return None
+    if is_dataclass(first):
+        return replace(first, **{f.name: _join([getattr(p, f.name) for p in parts]) for f in fields(first)})
+    raise TypeError(f"cannot join {type(first).__name__}")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from training.data import class_balanced_sample
 
 from . import metrics, plots
-from .common import call, model_input, unit_images, write_json
+from .common import batched, model_input, unit_images, write_json
 
 
 def default_jobs() -> int:
@@ -62,7 +62,7 @@ def run(client, man: dict, ds, layers: list[str], per_class: int, out: Path, thu
     sample = class_balanced_sample(ds, per_class, seed=seed)
     x = model_input(man, sample.images)
     served = [layer for layer in wanted if layer != "input"]
-    acts = call(client.embed, model, x, served) if served else {}
+    acts = batched(client.embed, model, x, served, desc=f"{model} embed", progress=progress) if served else {}
     acts["input"] = x
     classes = list(man["labels"]) or list(ds.classes)
     results, maps = {}, []

@@ -8,6 +8,7 @@ here for display only. The JSON keeps the raw per-image maximum and mean.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ import numpy as np
 from training.data import class_balanced_sample
 
 from . import metrics, plots
-from .common import call, model_input, unit_images, write_json
+from .common import batched, model_input, unit_images, write_json
 
 
 def resolve_class(value: str, classes: list[str]) -> int:
@@ -28,7 +29,13 @@ def resolve_class(value: str, classes: list[str]) -> int:
     raise click.BadParameter(f"{value!r} is not a class; classes: {', '.join(classes)} (or an index 0..{len(classes) - 1})")
 
 
-def run(client, man: dict, ds, target: str, per_class: int, out: Path, sensitivity: str | None = None, seed: int = 0) -> dict:
+def slug(text: str) -> str:
+    """A class name as a file-name part: 'T-shirt/top' -> 't-shirt_top'."""
+    return re.sub(r"[^a-z0-9.-]+", "_", text.lower()).strip("_") or "class"
+
+
+def run(client, man: dict, ds, target: str, per_class: int, out: Path, sensitivity: str | None = None, seed: int = 0,
+        progress: bool = True) -> dict:
     model, classes = man["name"], man["labels"]
     if not man["graphs"].get("gradcam"):
         raise click.ClickException(f"model {model!r} has no Grad-CAM graph (no spatial layer, e.g. an MLP or RNN)")
@@ -41,25 +48,31 @@ def run(client, man: dict, ds, target: str, per_class: int, out: Path, sensitivi
         targets = sample.labels
     else:
         targets = np.full(len(sample), resolve_class(target, classes))
-    res = call(client.gradcam, model, x, targets)
+    res = batched(client.gradcam, model, x, per_image=targets, chunk=64, desc=f"{model} Grad-CAM", progress=progress)
     pred = res.logits.argmax(1)
-    titles = [f"map: {classes[t][:9]}\ntrue: {classes[y][:9]}" for t, y in zip(res.targets, sample.labels)]
+    titles = [f"map: {classes[t][:9]}\ntrue: {classes[y][:9]}\npred: {classes[p][:9]}"
+              for t, y, p in zip(res.targets, sample.labels, pred)]
+    grid_png = f"gradcam_{slug(target)}.png"
     plots.save(plots.overlay_grid(unit_images(man, sample.images), metrics.normalize_maps(res.cams), titles,
-                                  suptitle=f"{model}: Grad-CAM at '{man['cam_layer']}', target = {target}"),
-               out / f"gradcam_{target.replace('/', '_')}.png")
-    result["grid"] = {"target": target, "images": int(len(sample)), "targets": res.targets.tolist(),
+                                  suptitle=f"{model}: Grad-CAM at '{man['cam_layer']}', target = {target} "
+                                           f"(top: image, bottom: map normalized per image)"),
+               out / grid_png)
+    result["grid"] = {"figure": grid_png, "target": target, "images": int(len(sample)), "targets": res.targets.tolist(),
                       "true": sample.labels.tolist(), "predicted": pred.tolist(),
                       "cam_max": res.cams.reshape(len(x), -1).max(1).tolist(),
                       "cam_mean": res.cams.reshape(len(x), -1).mean(1).tolist()}
     if sensitivity is not None:
         k = resolve_class(sensitivity, classes)
         one = class_balanced_sample(ds, 1, seed=seed)
-        s = call(client.gradcam, model, model_input(man, one.images), np.full(len(one), k))
+        one = one.subset(np.argsort(one.labels, kind="stable"))  # columns in class order
+        s = batched(client.gradcam, model, model_input(man, one.images), per_image=np.full(len(one), k), chunk=64,
+                    desc=f"{model} sensitivity", progress=progress)
         plots.save(plots.overlay_grid(unit_images(man, one.images), metrics.normalize_maps(s.cams),
                                       [f"a {classes[y][:10]}" for y in one.labels], ncols=len(one),
                                       suptitle=f"{model}: which parts of each class look like '{classes[k]}'"),
                    out / f"gradcam_sensitivity_{k}.png")
-        result["sensitivity"] = {"class": classes[k], "index": k, "images_true": one.labels.tolist(),
+        result["sensitivity"] = {"figure": f"gradcam_sensitivity_{k}.png", "class": classes[k], "index": k,
+                                 "images_true": one.labels.tolist(),
                                  "cam_max": s.cams.reshape(len(one), -1).max(1).tolist(),
                                  "prob_of_class": _softmax(s.logits)[:, k].tolist()}
     write_json(out / "gradcam.json", result)

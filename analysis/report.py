@@ -22,13 +22,13 @@ def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class:
     d = out / name
     sections = {"manifest": man}
     if man["task"] == "classifier":
-        sections["accuracy"] = accuracy.run(client, man, ds, d)
+        sections["accuracy"] = accuracy.run(client, man, ds, d, progress=progress)
         layers = [layer["name"] for layer in man["layers"]]
         sections["embeddings"] = embeddings.run(client, man, ds, ["all"], per_class, d, thumbnails=layers[-1:], progress=progress)
         if man["graphs"].get("gradcam"):
-            sections["gradcam"] = gradcam.run(client, man, ds, "predicted", 2, d, sensitivity="0")
+            sections["gradcam"] = gradcam.run(client, man, ds, "predicted", 2, d, sensitivity="0", progress=progress)
     else:
-        sections["vae"] = vae.run(client, man, ds, d)
+        sections["vae"] = vae.run(client, man, ds, d, progress=progress)
     return sections
 
 

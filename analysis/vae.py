@@ -6,20 +6,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
+
 import numpy as np
 
 from . import metrics, plots
-from .common import call, unit_images, write_json
+from tqdm.auto import tqdm
+
+from .common import batched, call, unit_images, write_json
 
 
 def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int, int]] | None = None,
-        n_pairs: int = 4, samples: int = 32, images: int = 1000, seed: int = 0) -> dict:
+        n_pairs: int = 4, samples: int = 32, images: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     model = man["name"]
     rng = np.random.default_rng(seed)
+    for a, b in pairs or []:  # fail before minutes of work, not after
+        if not (0 <= a < len(ds) and 0 <= b < len(ds)):
+            raise click.BadParameter(f"pair {a},{b}: indices must be in 0..{len(ds) - 1} ({ds.name} {len(ds)} images)",
+                                     param_hint="--pair")
     idx = np.sort(rng.choice(len(ds), min(images, len(ds)), replace=False))
     x = unit_images(man, ds.images[idx])  # VAEs take pixels in [0, 1]
-    enc = call(client.encode, model, x)
-    recon = call(client.reconstruct, model, x)
+    enc = batched(client.encode, model, x, desc=f"{model} encode", progress=progress)
+    recon = batched(client.reconstruct, model, x, desc=f"{model} reconstruct", progress=progress)
     scores = metrics.vae_metrics(x, recon, enc.mean, enc.logvar)
     show = min(10, len(x))
     plots.save(plots.rows_figure([x[:show], recon[:show]], ["original", "reconstruction"],
@@ -27,21 +35,22 @@ def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int
                out / "vae_reconstructions.png")
     if not pairs:
         pairs = [tuple(int(v) for v in rng.choice(len(ds), 2, replace=False)) for _ in range(n_pairs)]
-    for a, b in pairs:
-        if not (0 <= a < len(ds) and 0 <= b < len(ds)):
-            import click
-            raise click.BadParameter(f"pair {a},{b}: indices must be in 0..{len(ds) - 1}", param_hint="--pair")
     strips = []
-    for a, b in pairs:
+    for a, b in tqdm(pairs, desc=f"{model} interpolate", disable=not progress, leave=False):
         pair = unit_images(man, ds.images[[a, b]])
         strips.append(call(client.interpolate, model, pair[0], pair[1], steps=steps))
     alphas = np.linspace(0, 1, steps)
-    plots.save(plots.rows_figure(strips, [f"{a} -> {b}" for a, b in pairs], [f"{al:.2f}" for al in alphas],
+    plots.save(plots.rows_figure(strips, [f"#{a} {_name(ds, a)}\n-> #{b} {_name(ds, b)}" for a, b in pairs], [f"{al:.2f}" for al in alphas],
                                  suptitle=f"{model}: latent interpolation, alpha 0 -> 1"), out / "vae_interpolations.png")
     z = rng.standard_normal((samples, int(man["latent_dim"]))).astype(np.float32)
     prior = call(client.decode, model, z)
     plots.save(plots.image_grid(prior, suptitle=f"{model}: samples decoded from the prior N(0, I)"), out / "vae_samples.png")
-    result = {"model": model, "dataset": ds.name, **scores, "pairs": [list(p) for p in pairs], "steps": steps,
-              "prior_samples": samples}
+    result = {"model": model, "dataset": ds.name, "split_indices_scored": "random, seed %d" % seed, **scores,
+              "pairs": [list(p) for p in pairs], "steps": steps, "alphas": alphas.tolist(), "prior_samples": samples,
+              "figures": ["vae_reconstructions.png", "vae_interpolations.png", "vae_samples.png"]}
     write_json(out / "vae.json", result)
     return result
+
+
+def _name(ds, i: int) -> str:
+    return str(ds.classes[int(ds.labels[i])])[:12] if len(ds.classes) else ""
