@@ -53,7 +53,9 @@ def cli():
 @click.option("--layer", "layers", multiple=True, default=("fc1",), help="Layer to embed (repeatable); 'all' = input, every layer, logits.")
 @click.option("--per-class", type=int, default=50, help="Images per class in the class-balanced sample.")
 @click.option("--thumbnails", is_flag=True, help="Also draw the t-SNE map with the images at their coordinates.")
-def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, per_class, thumbnails):
+@click.option("--jobs", type=click.IntRange(1, 64), default=None,
+              help="Threads for t-SNE and the metrics [default: half the cores; more than the free cores is much slower].")
+def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, per_class, thumbnails, jobs):
     """PCA and t-SNE of layer activations, and how well classes separate in each layer."""
     from . import embeddings as emb
     client, man, ds = _setup(server, model, dataset_name, split, data_dir)
@@ -61,7 +63,7 @@ def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, 
     bad = [layer for layer in layers if layer not in valid]
     if bad:
         raise click.BadParameter(f"unknown layer {', '.join(bad)} of {model!r}; layers: {', '.join(valid)}", param_hint="--layer")
-    summary = emb.run(client, man, ds, list(layers), per_class, Path(out) / model, thumbnails, seed)
+    summary = emb.run(client, man, ds, list(layers), per_class, Path(out) / model, thumbnails, seed, jobs=jobs)
     click.echo(emb.table(summary))
     click.echo(f"wrote {Path(out) / model}/embeddings*.png and embeddings.json")
 
@@ -127,7 +129,9 @@ def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, s
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory (else the usual search).")
 @click.option("--per-class", type=int, default=50, help="Images per class for the embedding maps.")
 @click.option("--out", type=click.Path(file_okay=False), default="reports", help="Output directory.")
-def report(server, models, split, data_dir, per_class, out):
+@click.option("--jobs", type=click.IntRange(1, 64), default=None,
+              help="Threads for t-SNE and the metrics [default: half the cores; more than the free cores is much slower].")
+def report(server, models, split, data_dir, per_class, out, jobs):
     """Every analysis of one or more models in one self-contained HTML page."""
     from . import report as rep
     client = connect(server)
@@ -139,7 +143,11 @@ def report(server, models, split, data_dir, per_class, out):
     results = {}
     for name in models:
         click.echo(f"analysing {name} ...")
-        results[name] = rep.analyse_model(client, name, split, data_dir, out, per_class, progress=True)
+        results[name] = rep.analyse_model(client, name, split, data_dir, out, per_class, progress=True, jobs=jobs)
     path = rep.render(results, out, server)
     write_json(out / "report.json", {n: {k: v for k, v in s.items() if k != "manifest"} for n, s in results.items()})
     click.echo(f"report: {path.resolve()}")
+
+
+if __name__ == "__main__":  # python -m analysis.cli ...
+    cli()

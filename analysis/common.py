@@ -80,6 +80,7 @@ def write_json(path: Path, obj) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(plain(obj), f, indent=1, allow_nan=False)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

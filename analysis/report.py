@@ -16,7 +16,8 @@ from . import accuracy, embeddings, gradcam, vae
 from .common import dataset, manifest
 
 
-def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class: int, progress: bool) -> dict:
+def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class: int, progress: bool,
+                  jobs: int | None = None) -> dict:
     man = manifest(client, name)
     ds = dataset(man, None, split, data_dir)
     d = out / name
@@ -24,7 +25,8 @@ def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class:
     if man["task"] == "classifier":
         sections["accuracy"] = accuracy.run(client, man, ds, d, progress=progress)
         layers = [layer["name"] for layer in man["layers"]]
-        sections["embeddings"] = embeddings.run(client, man, ds, ["all"], per_class, d, thumbnails=layers[-1:], progress=progress)
+        sections["embeddings"] = embeddings.run(client, man, ds, ["all"], per_class, d, thumbnails=layers[-1:],
+                                                progress=progress, jobs=jobs)
         if man["graphs"].get("gradcam"):
             sections["gradcam"] = gradcam.run(client, man, ds, "predicted", 2, d, sensitivity="0", progress=progress)
     else:
