@@ -22,6 +22,7 @@ def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: in
                   desc=f"{model} classify", progress=progress)
     pred = res.indices[:, 0]
     report = metrics.classification_report(ds.labels, pred, classes)
+    figures = ["confusion.png"]
     plots.save(plots.confusion_figure(np.array(report["confusion_matrix"]), classes,
                                       f"{model}: confusion matrix ({ds.name} {len(ds)} images, acc {report['accuracy']:.2%})"),
                out / "confusion.png")
@@ -31,14 +32,16 @@ def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: in
         titles = [f"{classes[pred[i]][:10]} {res.probs[i, 0]:.0%}\n(true {classes[ds.labels[i]][:10]})" for i in worst]
         plots.save(plots.image_grid(unit_images(man, ds.images[worst]), titles,
                                     suptitle=f"{model}: the most confident mistakes"), out / "mistakes.png")
+        figures.append("mistakes.png")
     history = man.get("training", {}).get("history") or []
     if history:
         plots.save(plots.curves_figure(history, f"{model}: training curves"), out / "curves.png")
+        figures.append("curves.png")
     report.update({"model": model, "dataset": ds.name, "images": int(len(ds)),
                    "most_confident_mistakes": [{"index": int(i), "true": classes[ds.labels[i]],
                                                 "predicted": classes[pred[i]], "probability": float(res.probs[i, 0])}
                                                for i in worst],
-                   "history": history})
+                   "history": history, "figures": figures})
     write_json(out / "accuracy.json", report)
     return report
 
