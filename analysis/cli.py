@@ -51,7 +51,7 @@ def cli():
 @cli.command(context_settings=CTX)
 @common()
 @click.option("--layer", "layers", multiple=True, default=("fc1",), help="Layer to embed (repeatable); 'all' = input, every layer, logits.")
-@click.option("--per-class", type=int, default=50, help="Images per class in the class-balanced sample.")
+@click.option("--per-class", type=click.IntRange(2, 5000), default=50, help="Images per class in the class-balanced sample.")
 @click.option("--thumbnails", is_flag=True, help="Also draw the t-SNE map with the images at their coordinates.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
               help="Threads for t-SNE and the metrics [default: half the cores; more than the free cores is much slower].")
@@ -71,7 +71,7 @@ def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, 
 @cli.command(context_settings=CTX)
 @common()
 @click.option("--target", default="predicted", help="Class whose map to draw: predicted, true, or a class name or index.")
-@click.option("--per-class", type=int, default=2, help="Images per class in the grid.")
+@click.option("--per-class", type=click.IntRange(1, 50), default=2, help="Images per class in the grid.")
 @click.option("--sensitivity", default=None, metavar="CLASS", help="Also draw, for one image of every class, the map of this fixed class.")
 def gradcam(server, model, dataset_name, split, data_dir, out, seed, target, per_class, sensitivity):
     """A grid of images with their Grad-CAM heatmaps overlaid."""
@@ -86,7 +86,7 @@ def gradcam(server, model, dataset_name, split, data_dir, out, seed, target, per
 
 @cli.command(context_settings=CTX)
 @common()
-@click.option("--limit", type=int, default=None, help="Score only the first N images of the split.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N images of the split.")
 def accuracy(server, model, dataset_name, split, data_dir, out, seed, limit):
     """Accuracy, per-class precision/recall/F1, confusion matrix, confident mistakes, training curves."""
     from . import accuracy as acc
@@ -108,8 +108,8 @@ def _pair(value: str) -> tuple[int, int]:
 @common()
 @click.option("--steps", type=click.IntRange(2, 256), default=10, help="Images per interpolation strip (alpha 0 to 1).")
 @click.option("--pair", "pairs", multiple=True, help="Two image indices to interpolate between, e.g. 3,17 (repeatable) [default: random pairs].")
-@click.option("--samples", type=int, default=32, help="Images decoded from the prior.")
-@click.option("--images", type=int, default=1000, help="Images scored for MSE, PSNR and the ELBO terms.")
+@click.option("--samples", type=click.IntRange(1, 4096), default=32, help="Images decoded from the prior.")
+@click.option("--images", type=click.IntRange(2), default=1000, help="Images scored for MSE, PSNR and the ELBO terms.")
 def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, samples, images):
     """Reconstructions, interpolations, prior samples, reconstruction MSE / PSNR and ELBO terms."""
     from . import vae as v
@@ -125,13 +125,14 @@ def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, s
 @cli.command(context_settings=CTX)
 @click.option("--server", default="127.0.0.1:8500", help="host:port of a running `serve`.")
 @click.option("--model", "models", multiple=True, help="Model to include (repeatable) [default: every ready model].")
+@click.option("--dataset", "dataset_name", default=None, help="Dataset to draw images from [default: each model's].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", help="Dataset split.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory (else the usual search).")
-@click.option("--per-class", type=int, default=50, help="Images per class for the embedding maps.")
+@click.option("--per-class", type=click.IntRange(2, 5000), default=50, help="Images per class for the embedding maps.")
 @click.option("--out", type=click.Path(file_okay=False), default="reports", help="Output directory.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
               help="Threads for t-SNE and the metrics [default: half the cores; more than the free cores is much slower].")
-def report(server, models, split, data_dir, per_class, out, jobs):
+def report(server, models, dataset_name, split, data_dir, per_class, out, jobs):
     """Every analysis of one or more models in one self-contained HTML page."""
     from . import report as rep
     client = connect(server)
@@ -143,7 +144,8 @@ def report(server, models, split, data_dir, per_class, out, jobs):
     results = {}
     for name in models:
         click.echo(f"analysing {name} ...")
-        results[name] = rep.analyse_model(client, name, split, data_dir, out, per_class, progress=True, jobs=jobs)
+        results[name] = rep.analyse_model(client, name, split, data_dir, out, per_class, progress=True, jobs=jobs,
+                                          dataset_name=dataset_name)
     path = rep.render(results, out, server)
     write_json(out / "report.json", {n: {k: v for k, v in s.items() if k != "manifest"} for n, s in results.items()})
     click.echo(f"report: {path.resolve()}")

@@ -17,9 +17,9 @@ from .common import dataset, manifest
 
 
 def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class: int, progress: bool,
-                  jobs: int | None = None) -> dict:
+                  jobs: int | None = None, dataset_name: str | None = None) -> dict:
     man = manifest(client, name)
-    ds = dataset(man, None, split, data_dir)
+    ds = dataset(man, dataset_name, split, data_dir)
     d = out / name
     sections = {"manifest": man}
     if man["task"] == "classifier":
