@@ -43,6 +43,12 @@ def _setup(server, model, dataset_name, split, data_dir):
     return client, man, dataset(man, dataset_name, split, data_dir)
 
 
+def _require_classifier(man: dict, command: str) -> None:
+    if man["task"] != "classifier":
+        raise click.ClickException(f"model {man['name']!r} is a {man['task']}; 'analyze {command}' needs a classifier"
+                                   + (" (try 'analyze vae')" if man["task"] == "vae" else ""))
+
+
 @click.group(context_settings=CTX)
 def cli():
     """Analyse models served by a Glassbox server: embeddings, Grad-CAM, accuracy, VAEs, HTML report."""
@@ -50,7 +56,9 @@ def cli():
 
 @cli.command(context_settings=CTX)
 @common()
-@click.option("--layer", "layers", multiple=True, default=("fc1",), help="Layer to embed (repeatable); 'all' = input, every layer, logits.")
+@click.option("--layer", "layers", multiple=True,
+              help="Layer to embed (repeatable); 'input' = the pixels, 'all' = input, every layer and logits "
+                   "(a VAE has 'latent', its encoder mean) [default: fc1, else the model's last layer].")
 @click.option("--per-class", type=click.IntRange(2, 5000), default=50, help="Images per class in the class-balanced sample.")
 @click.option("--thumbnails", is_flag=True, help="Also draw the t-SNE map with the images at their coordinates.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
@@ -59,7 +67,9 @@ def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, 
     """PCA and t-SNE of layer activations, and how well classes separate in each layer."""
     from . import embeddings as emb
     client, man, ds = _setup(server, model, dataset_name, split, data_dir)
-    valid = ["input", "logits", "all", *[layer["name"] for layer in man["layers"]]]
+    valid = [*emb.model_layers(man), "all"]
+    if not layers:
+        layers = ["fc1"] if "fc1" in valid else valid[-3:-2]
     bad = [layer for layer in layers if layer not in valid]
     if bad:
         raise click.BadParameter(f"unknown layer {', '.join(bad)} of {model!r}; layers: {', '.join(valid)}", param_hint="--layer")
@@ -77,6 +87,7 @@ def gradcam(server, model, dataset_name, split, data_dir, out, seed, target, per
     """A grid of images with their Grad-CAM heatmaps overlaid."""
     from . import gradcam as gc
     client, man, ds = _setup(server, model, dataset_name, split, data_dir)
+    _require_classifier(man, "gradcam")
     res = gc.run(client, man, ds, target, per_class, Path(out) / model, sensitivity, seed)
     g = res["grid"]
     agree = sum(t == p for t, p in zip(g["true"], g["predicted"])) / max(1, len(g["true"]))
@@ -91,6 +102,7 @@ def accuracy(server, model, dataset_name, split, data_dir, out, seed, limit):
     """Accuracy, per-class precision/recall/F1, confusion matrix, confident mistakes, training curves."""
     from . import accuracy as acc
     client, man, ds = _setup(server, model, dataset_name, split, data_dir)
+    _require_classifier(man, "accuracy")
     report = acc.run(client, man, ds, Path(out) / model, limit)
     click.echo(acc.table(report))
     click.echo(f"wrote {Path(out) / model}/confusion.png, mistakes.png, accuracy.json")

@@ -60,16 +60,26 @@ def pca(x: np.ndarray) -> tuple[np.ndarray, list[float]]:
     return xy, [float(v) for v in p.explained_variance_ratio_]
 
 
+def model_layers(man: dict) -> list[str]:
+    """What can be embedded, input to output: the pixels, every named layer, the logits; a VAE's latent mean."""
+    if man["task"] == "vae":
+        return ["input", "latent"]
+    return ["input", *[layer["name"] for layer in man["layers"]], "logits"]
+
+
 def run(client, man: dict, ds, layers: list[str], per_class: int, out: Path, thumbnails: bool | list[str], seed: int = 0,
         progress: bool = True, jobs: int | None = None) -> dict:
     model = man["name"]
     jobs = jobs or default_jobs()
-    all_layers = ["input", *[layer["name"] for layer in man["layers"]], "logits"]
+    all_layers = model_layers(man)
     wanted = all_layers if "all" in layers else list(dict.fromkeys(layers))
     sample = class_balanced_sample(ds, per_class, seed=seed)
     x = model_input(man, sample.images)
     served = [layer for layer in wanted if layer != "input"]
-    acts = batched(client.embed, model, x, served, desc=f"{model} embed", progress=progress) if served else {}
+    if man["task"] == "vae":  # the encoder's mean is the VAE's representation
+        acts = {"latent": batched(client.encode, model, x, desc=f"{model} encode", progress=progress).mean} if served else {}
+    else:
+        acts = batched(client.embed, model, x, served, desc=f"{model} embed", progress=progress) if served else {}
     acts["input"] = x
     classes = list(man["labels"]) or list(ds.classes)
     results, maps, coords, figures = {}, [], {}, []

@@ -22,15 +22,17 @@ def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class:
     ds = dataset(man, dataset_name, split, data_dir)
     d = out / name
     sections = {"manifest": man}
+    # The layer shown large (with thumbnails): the last before the logits, or a VAE's latent mean.
+    focus = embeddings.model_layers(man)[-2 if man["task"] == "classifier" else -1]
     if man["task"] == "classifier":
         sections["accuracy"] = accuracy.run(client, man, ds, d, progress=progress)
-        layers = [layer["name"] for layer in man["layers"]]
-        sections["embeddings"] = embeddings.run(client, man, ds, ["all"], per_class, d, thumbnails=layers[-1:],
-                                                progress=progress, jobs=jobs)
-        if man["graphs"].get("gradcam"):
-            sections["gradcam"] = gradcam.run(client, man, ds, "predicted", 2, d, sensitivity="0", progress=progress)
     else:
         sections["vae"] = vae.run(client, man, ds, d, progress=progress)
+    sections["embeddings"] = embeddings.run(client, man, ds, ["all"], per_class, d, thumbnails=[focus],
+                                            progress=progress, jobs=jobs)
+    sections["embeddings"]["focus"] = focus
+    if man["task"] == "classifier" and man["graphs"].get("gradcam"):
+        sections["gradcam"] = gradcam.run(client, man, ds, "predicted", 2, d, sensitivity="0", progress=progress)
     return sections
 
 
@@ -66,6 +68,12 @@ def render(results: dict[str, dict], out: Path, server: str) -> Path:
                                 [[c["class"], c["precision"], c["recall"], c["f1"], str(c["support"])] for c in a["per_class"]]))
             parts += [_img(d / "confusion.png", "Confusion matrix"), _img(d / "mistakes.png", "Most confident mistakes"),
                       _img(d / "curves.png", "Training curves")]
+        if "vae" in s:
+            v = s["vae"]
+            parts.append(f"<h3>VAE on {v['n']} images: MSE {v['mse']:.4f}, PSNR {v['psnr']:.2f} dB, "
+                         f"BCE {v['bce']:.1f}, KL {v['kl']:.1f}, ELBO {v['elbo']:.1f} (nats per image)</h3>")
+            parts += [_img(d / "vae_reconstructions.png", "Reconstructions"), _img(d / "vae_interpolations.png", "Interpolations"),
+                      _img(d / "vae_samples.png", "Samples from the prior")]
         if "embeddings" in s:
             e = s["embeddings"]
             parts.append(f"<h3>Embeddings ({e['images']} images, {e['per_class']} per class)</h3>")
@@ -73,19 +81,13 @@ def render(results: dict[str, dict], out: Path, server: str) -> Path:
                                 [[k, str(v["dims"]), v["knn_acc_layer"], v["knn_acc_2d"], v["trustworthiness"], v["silhouette_layer"]]
                                  for k, v in e["layers"].items()]))
             parts.append(_img(d / "embeddings_layers.png", "t-SNE of every layer, input to output"))
-            last = ([layer["name"] for layer in man["layers"]] or ["input"])[-1]
+            last = e.get("focus") or list(e["layers"])[-1]
             parts += [_img(d / f"embeddings_{last}.png", f"PCA and t-SNE of '{last}'"),
                       _img(d / f"embeddings_{last}_thumbnails.png", f"t-SNE of '{last}' with the images")]
         if "gradcam" in s:
             parts.append(f"<h3>Grad-CAM at '{html.escape(man['cam_layer'])}'</h3>")
             parts += [_img(d / "gradcam_predicted.png", "Grad-CAM of the predicted class"),
                       _img(d / "gradcam_sensitivity_0.png", f"Where each class looks like '{man['labels'][0]}'")]
-        if "vae" in s:
-            v = s["vae"]
-            parts.append(f"<h3>VAE on {v['n']} images: MSE {v['mse']:.4f}, PSNR {v['psnr']:.2f} dB, "
-                         f"BCE {v['bce']:.1f}, KL {v['kl']:.1f}, ELBO {v['elbo']:.1f} (nats per image)</h3>")
-            parts += [_img(d / "vae_reconstructions.png", "Reconstructions"), _img(d / "vae_interpolations.png", "Interpolations"),
-                      _img(d / "vae_samples.png", "Samples from the prior")]
         parts.append("</section>")
     nav = " · ".join(f'<a href="#{html.escape(n)}">{html.escape(n)}</a>' for n in results)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Glassbox report</title>
