@@ -27,7 +27,7 @@ data:
 	fi
 
 demo: setup
-	$(BIN)/train-all --profile $(PROFILE) --out $(OUT)
+	scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

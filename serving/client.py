@@ -78,6 +78,22 @@ def _images(images) -> pb.Images:
     return pb.Images(encoded=pb.EncodedImages(files=list(images)))
 
 
+def wait_for_server(address: str, timeout: float = 60.0) -> None:
+    """Block until the server's health service says SERVING (models loaded); ServerUnavailable after ``timeout``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise ServerUnavailable(grpc.StatusCode.UNAVAILABLE, f"no serving Glassbox server at {address} after {timeout:.0f}s")
+
+
 class GlassboxClient:
     def __init__(self, address: str = "127.0.0.1:8500", timeout: float = 60.0, connect_timeout: float = 5.0,
                  chunk: int = 256, max_message_mb: int = 64):

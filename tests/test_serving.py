@@ -317,8 +317,8 @@ def test_server_down_is_one_clear_error():
 
 
 def test_serving_imports_without_torch():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import serving.server, serving.client, serving.repository, serving.v2, serving.domain; print('ok')")
+    from conftest import BLOCK_TORCH
+    code = BLOCK_TORCH + "import serving.server, serving.client, serving.repository, serving.v2, serving.domain\nprint('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
