@@ -2,6 +2,10 @@
 
     analyze embeddings --model lenet --layer fc1 --layer fc2 --out reports/emb
     analyze embeddings --model lenet --layer all --thumbnails
+
+scikit-learn and openTSNE are imported inside the functions that use them: `import analysis.*`
+stays light, and scipy (under scikit-learn) trips over the `sys.modules["torch"] = None` trick
+of the torch-free import check.
 """
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -44,6 +47,7 @@ def tsne(x: np.ndarray, seed: int = 0, jobs: int = 1) -> np.ndarray:
     openTSNE wins at every size; 'auto' picks the faster of its two methods for each size.
     """
     from openTSNE import TSNE
+    from sklearn.decomposition import PCA
     x = metrics.flatten(x).astype(np.float64)
     # PCA to 50 dims first (the usual t-SNE recipe): the k-NN graph is the cost, and 4,704-dim
     # conv activations make it slow without changing the neighbourhoods much.
@@ -55,6 +59,7 @@ def tsne(x: np.ndarray, seed: int = 0, jobs: int = 1) -> np.ndarray:
 
 
 def pca(x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    from sklearn.decomposition import PCA
     p = PCA(n_components=2, random_state=0)
     xy = p.fit_transform(metrics.flatten(x))
     return xy, [float(v) for v in p.explained_variance_ratio_]
