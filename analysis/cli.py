@@ -152,6 +152,8 @@ def report(server, models, dataset_name, split, data_dir, per_class, out, jobs):
         models = [m.name for m in client.list_models() if m.ready]
         if not models:
             raise click.ClickException(f"the server at {server} has no ready model")
+    for name in models:  # an unknown name fails now, not after minutes spent on the others
+        manifest(client, name)
     out = Path(out)
     results = {}
     for name in models:

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 130
 HEATMAP_CMAP = "inferno"       # perceptually uniform, reads in grayscale too
@@ -267,6 +268,7 @@ def curves_figure(history: list[dict], title: str = "Training curves"):
                 ax.plot(xs, [y for y in ys if isinstance(y, (int, float))], style, ms=3, label=split)
                 drawn = True
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5"
         ax.set_ylabel("accuracy" if kind == "acc" else "loss")
         ax.set_title("accuracy" if kind == "acc" else "loss")
         ax.grid(alpha=0.3)
