@@ -50,7 +50,7 @@ def run(client, man: dict, ds, target: str, per_class: int, out: Path, sensitivi
         targets = np.full(len(sample), resolve_class(target, classes))
     res = batched(client.gradcam, model, x, per_image=targets, chunk=64, desc=f"{model} Grad-CAM", progress=progress)
     pred = res.logits.argmax(1)
-    titles = [f"map: {classes[t][:9]}\ntrue: {classes[y][:9]}\npred: {classes[p][:9]}"
+    titles = [f"map: {classes[t][:11]}\ntrue: {classes[y][:11]}\npred: {classes[p][:11]}"
               for t, y, p in zip(res.targets, sample.labels, pred)]
     grid_png = f"gradcam_{slug(target)}.png"
     plots.save(plots.overlay_grid(unit_images(man, sample.images), metrics.normalize_maps(res.cams), titles,
