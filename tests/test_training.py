@@ -156,3 +156,17 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "x" / "best.pt").exists()
     r = CliRunner().invoke(train_all, ["--profile", "nope"])
     assert r.exit_code == 2 and "quick" in r.output
+
+
+def test_resume_refuses_a_different_validation_split(fmnist_dir, tmp_path):
+    quiet = {"progress": False, "log": lambda *_: None}
+    fit(_cfg(fmnist_dir, epochs=1), tmp_path, **quiet)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert len(ckpt["config"]["dataset"]["val_fingerprint"]) == 16
+    # Same run directory, but the stored config claims another split: resume must refuse.
+    ckpt["config"]["dataset"]["val_fingerprint"] = "0" * 16
+    from training.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "last.pt", ckpt)
+    from training.data import DatasetError
+    with pytest.raises(DatasetError, match="validation split differs"):
+        fit(_cfg(fmnist_dir, epochs=2), tmp_path, resume=True, **quiet)

@@ -11,6 +11,7 @@ best checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -61,6 +62,13 @@ def load_split(cfg: dict, split: str) -> D.ArrayDataset:
 def to_tensors(ds: D.ArrayDataset, spec: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(D.preprocess(ds.images, spec)).to(device)
     return x, torch.from_numpy(np.asarray(ds.labels, dtype=np.int64)).to(device)
+
+
+def fingerprint(ds: D.ArrayDataset) -> str:
+    """A short hash of a split's images and labels: resume refuses to continue on a different split."""
+    h = hashlib.sha256(np.ascontiguousarray(ds.images).tobytes())
+    h.update(np.ascontiguousarray(ds.labels).tobytes())
+    return h.hexdigest()[:16]
 
 
 def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
@@ -185,7 +193,13 @@ def fit(cfg: dict, out_dir: str | Path, *, resume: bool = False, progress: bool 
     train_ds, val_ds = D.train_val_split(load_split(cfg, "train"), float(cfg["dataset"]["val_fraction"]), seed=cfg["seed"])
     cfg["dataset"] = {**cfg["dataset"], "classes": list(train_ds.classes), "channels": spec["channels"],
                       "size": spec["size"], "mean": spec["mean"], "std": spec["std"],
-                      "train_images": len(train_ds), "val_images": len(val_ds)}
+                      "train_images": len(train_ds), "val_images": len(val_ds),
+                      "val_fingerprint": fingerprint(val_ds)}
+    if state is not None and state["config"]["dataset"].get("val_fingerprint") not in (None, cfg["dataset"]["val_fingerprint"]):
+        # A different validation split would validate on images the model has trained on.
+        raise D.DatasetError(f"{cfg['name']}: the validation split differs from the one this run started with "
+                             f"(data or split code changed); resuming would leak training images into model "
+                             f"selection. Start the run afresh (without --resume) or restore the data.")
     cfg["resolved_device"] = str(device)
     xt, yt = to_tensors(train_ds, spec, device)
     xv, yv = to_tensors(val_ds, spec, device)
