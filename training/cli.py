@@ -164,7 +164,8 @@ def train_all(profile, config, out, only, data_dir, do_export, repository, resum
                      "test_acc": m.get("test_acc"), "test_loss": m.get("test_loss"),
                      "best_val": m.get("best_val"), "val_metric": m.get("val_metric"),
                      "epochs": m.get("epochs_run"), "wall_seconds": m.get("wall_seconds"),
-                     "exported": m.get("exported"), "checkpoint": str(run_dir / "best.pt")})
+                     "exported": m.get("exported"), "export_seconds": m.get("export_seconds"),
+                     "checkpoint": str(run_dir / "best.pt")})
         write_json(out / "summary.json", {"profile": str(path), "runs": rows,
                                           "total_seconds": round(time.perf_counter() - t0, 1)})
     click.echo(format_summary(rows))
