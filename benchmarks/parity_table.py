@@ -10,8 +10,8 @@ from pathlib import Path
 def main(root: str = "exported") -> None:
     print(f"{'model':16s} {'graph':10s} {'output':14s} {'max abs':>10s} {'max rel':>10s} {'argmax':>7s} {'images':>6s}")
     for mdir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        versions = sorted((int(v.name) for v in mdir.iterdir() if v.name.isdigit()), default=None)
-        if versions is None:
+        versions = sorted(int(v.name) for v in mdir.iterdir() if v.name.isdigit())
+        if not versions:
             continue
         man = json.loads((mdir / str(versions[-1]) / "manifest.json").read_text())
         for graph, rec in man["parity"].items():
