@@ -51,11 +51,8 @@ class Model:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    with open(path, "rb") as f:  # streamed: model files can be large
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 _CUDA_OK: bool | None = None

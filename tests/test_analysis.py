@@ -1,7 +1,5 @@
 """The analysis CLI end to end against a real server, real Fashion-MNIST and a trained lenet."""
 import json
-import re
-import shutil
 import subprocess
 import sys
 
@@ -91,20 +89,9 @@ def test_report_renders_in_chromium(common, tmp_path):
     assert "http://" not in page and "https://" not in page, "the report must read offline"
     n_images = page.count("<img ")
     assert n_images >= 8
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("headless Chromium is needed for this check: apt-get install chromium")
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", """<script>
-window.addEventListener('load', () => {
-  const imgs = [...document.images];
-  document.title = 'decoded=' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length;
-});</script></body>"""))
-    out = subprocess.run([chromium, "--headless", "--disable-gpu", "--no-sandbox", "--virtual-time-budget=5000",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    m = re.search(r"<title>decoded=(\d+)/(\d+)</title>", out.stdout)
-    assert m, out.stderr[-2000:]
-    assert int(m.group(1)) == int(m.group(2)) == n_images
+    from test_analysis_units import chromium_decoded
+    decoded, total = chromium_decoded(tmp_path / "report.html")
+    assert decoded == total == n_images
 
 
 def test_server_down_is_one_line_and_nonzero(tmp_path):
