@@ -43,7 +43,9 @@ class Batcher:
         self.wake = asyncio.Event()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{graph.triton_name}")
         self.task: asyncio.Task | None = None
-        self.running = 0  # images in the batch being computed
+        # The gauge's child is looked up once: ``labels()`` on every request costs a lock.
+        self.gauge = metrics.queue_depth.labels(graph.triton_name) if metrics else None
+        self.sizes = metrics.batch_size.labels(graph.triton_name) if metrics else None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -62,8 +64,8 @@ class Batcher:
         fut = asyncio.get_running_loop().create_future()
         self.queue.append(Job(feeds, tuple(outputs), n, fut, deadline))
         self.wake.set()
-        if self.metrics:
-            self.metrics.queue_depth.labels(self.graph.triton_name).set(len(self.queue))
+        if self.gauge is not None:
+            self.gauge.set(len(self.queue))
         return await fut
 
     def _take(self) -> list[Job]:
@@ -89,8 +91,8 @@ class Batcher:
             if self.max_delay_s and sum(j.n for j in self.queue) < self.max_batch:
                 await asyncio.sleep(self.max_delay_s)
             jobs = self._take()
-            if self.metrics:
-                self.metrics.queue_depth.labels(self.graph.triton_name).set(len(self.queue))
+            if self.gauge is not None:
+                self.gauge.set(len(self.queue))
             if not jobs:
                 continue
             outputs = list(dict.fromkeys(o for j in jobs for o in j.outputs))
@@ -105,8 +107,8 @@ class Batcher:
                     if not j.future.done():
                         j.future.set_exception(e)
                 continue
-            if self.metrics:
-                self.metrics.batch_size.labels(self.graph.triton_name).observe(n)
+            if self.sizes is not None:
+                self.sizes.observe(n)
             by_name = dict(zip(outputs, results))
             start = 0
             for j in jobs:

@@ -96,11 +96,16 @@ def wait_for_server(address: str, timeout: float = 60.0) -> None:
 
 class GlassboxClient:
     def __init__(self, address: str = "127.0.0.1:8500", timeout: float = 60.0, connect_timeout: float = 5.0,
-                 chunk: int = 256, max_message_mb: int = 64):
+                 chunk: int = 256, max_message_mb: int = 64, tls_ca: bytes | None = None):
         self.address, self.timeout, self.chunk = address, timeout, chunk
         limit = max_message_mb * 1024 * 1024
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", limit),
-                                                               ("grpc.max_receive_message_length", limit)])
+        self._message_limit = limit
+        self._max_batch: dict[str, int] = {}  # model -> its manifest's max_batch_size
+        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        if tls_ca is not None:  # a server started with --tls-cert/--tls-key; tls_ca: its PEM CA (or the cert itself)
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca), options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         try:  # a bounded wait: a down server is one clear error, not a hang
             grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
@@ -131,12 +136,25 @@ class GlassboxClient:
                 cls = ServerUnavailable if e.code() == grpc.StatusCode.UNAVAILABLE else GlassboxError
                 raise cls(e.code(), e.details() or "") from None
 
-    def _chunks(self, images):
+    def _chunk_size(self, name: str, images) -> int:
+        """Images per request: within the model's max_batch_size and well inside the message limit."""
+        if name not in self._max_batch:
+            try:
+                self._max_batch[name] = int(self.get_model(name).get("max_batch_size") or self.chunk)
+            except GlassboxError:  # unknown or unserved model: the real call will say so
+                return self.chunk
+        size = min(self.chunk, self._max_batch[name])
+        per_image = images[0].nbytes if isinstance(images, np.ndarray) else max(map(len, images))
+        return max(1, min(size, int(self._message_limit * 0.9) // max(per_image, 1)))
+
+    def _chunks(self, images, name: str | None = None):
         n = len(images)
         if n == 0:  # let the server say what is wrong with an empty batch
             yield images
-        for i in range(0, n, self.chunk):
-            yield images[i:i + self.chunk]
+            return
+        size = self._chunk_size(name, images) if name else self.chunk
+        for i in range(0, n, size):
+            yield images[i:i + size]
 
     def list_models(self) -> list[ModelStatus]:
         r = self._call("ListModels", pb.ListModelsRequest())
@@ -148,7 +166,7 @@ class GlassboxClient:
 
     def classify(self, name: str, images, top_k: int = 5, return_logits: bool = False) -> ClassifyResult:
         idx, probs, labels, logits = [], [], [], []
-        for part in self._chunks(images):
+        for part in self._chunks(images, name):
             r = self._call("Classify", pb.ClassifyRequest(name=name, images=_images(part), top_k=top_k,
                                                           return_logits=return_logits))
             idx += [list(p.indices) for p in r.predictions]
@@ -162,7 +180,7 @@ class GlassboxClient:
     def embed(self, name: str, images, layers) -> dict[str, np.ndarray]:
         layers = [layers] if isinstance(layers, str) else list(layers)
         parts: dict[str, list] = {layer: [] for layer in layers}
-        for part in self._chunks(images):
+        for part in self._chunks(images, name):
             r = self._call("Embed", pb.EmbedRequest(name=name, images=_images(part), layers=layers))
             for layer in layers:
                 parts[layer].append(_arr(r.embeddings[layer]))
@@ -170,8 +188,11 @@ class GlassboxClient:
 
     def gradcam(self, name: str, images, targets=None) -> GradCamResult:
         cams, ts, logits = [], [], []
-        for i, part in enumerate(self._chunks(images)):
-            t = [] if targets is None else list(np.asarray(targets)[i * self.chunk:(i + 1) * self.chunk])
+        targets = None if targets is None else np.asarray(targets, np.int64).reshape(-1)
+        start = 0
+        for part in self._chunks(images, name):
+            t = [] if targets is None else targets[start:start + len(part)].tolist()
+            start += len(part)
             r = self._call("GradCam", pb.GradCamRequest(name=name, images=_images(part), targets=t))
             cams.append(_arr(r.cams))
             ts += list(r.targets)
@@ -180,7 +201,7 @@ class GlassboxClient:
 
     def encode(self, name: str, images, sample: bool = False, seed: int = 0) -> EncodeResult:
         means, logvars, zs = [], [], []
-        for part in self._chunks(images):
+        for part in self._chunks(images, name):
             r = self._call("Encode", pb.EncodeRequest(name=name, images=_images(part), sample=sample, seed=seed))
             means.append(_arr(r.mean))
             logvars.append(_arr(r.logvar))
@@ -190,11 +211,11 @@ class GlassboxClient:
 
     def decode(self, name: str, latents: np.ndarray) -> np.ndarray:
         return np.concatenate([_arr(self._call("Decode", pb.DecodeRequest(name=name, latents=_tensor(p))).images)
-                               for p in self._chunks(np.asarray(latents, np.float32))])
+                               for p in self._chunks(np.asarray(latents, np.float32), name)])
 
     def reconstruct(self, name: str, images) -> np.ndarray:
         return np.concatenate([_arr(self._call("Reconstruct", pb.ReconstructRequest(name=name, images=_images(p))).images)
-                               for p in self._chunks(images)])
+                               for p in self._chunks(images, name)])
 
     def interpolate(self, name: str, a, b, steps: int = 10, alphas=None, latent: bool = False) -> np.ndarray:
         """Decoded images from ``a`` to ``b`` (two images, or two latents with ``latent=True``)."""

@@ -1,6 +1,7 @@
 """The domain servicer ``glassbox.v1.Glassbox``: classification, embeddings, Grad-CAM, VAEs."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -9,6 +10,14 @@ from ._generated.glassbox.v1 import glassbox_pb2 as pb
 from ._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
 from .errors import InvalidArgument
 from .tensors import check_batch, from_proto, images_from_request, to_proto
+
+
+async def _images(images: pb.Images, manifest: dict) -> np.ndarray:
+    """The request's images as a checked float32 batch. PNG/JPEG decoding and resizing take real
+    CPU time, so they run in a worker thread and the event loop keeps serving other calls."""
+    if images.WhichOneof("kind") == "encoded":
+        return await asyncio.to_thread(images_from_request, images, manifest)
+    return images_from_request(images, manifest)
 
 
 def _need(model, task: str, method: str) -> None:
@@ -46,13 +55,13 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
         async def go():
             m = self.rt.model(request.name, request.version)
             _need(m, "classifier", "Classify")
-            x = images_from_request(request.images, m.manifest)
+            if request.top_k < 0:
+                raise InvalidArgument(f"top_k must be positive, got {request.top_k}")
+            x = await _images(request.images, m.manifest)
             want = ["probabilities"] + (["logits"] if request.return_logits else [])
             out = await self.rt.run(m, "classifier", {"input": x}, want, context)
             probs, labels = out["probabilities"], m.manifest["labels"]
             k = min(request.top_k or 5, probs.shape[1])
-            if request.top_k < 0:
-                raise InvalidArgument(f"top_k must be positive, got {request.top_k}")
             top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             preds = [pb.Prediction(indices=row.tolist(), probabilities=probs[i, row].tolist(),
                                    labels=[labels[j] for j in row]) for i, row in enumerate(top)]
@@ -69,7 +78,7 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
             unknown = [name for name in request.layers if name not in valid]
             if unknown:
                 raise InvalidArgument(f"unknown layer {', '.join(map(repr, unknown))} of {m.name!r}; layers: {', '.join(valid)}")
-            x = images_from_request(request.images, m.manifest)
+            x = await _images(request.images, m.manifest)
             out = await self.rt.run(m, "classifier", {"input": x}, list(dict.fromkeys(request.layers)), context)
             return pb.EmbedResponse(embeddings={k: to_proto(v) for k, v in out.items()})
         return await self.rt.handle("Embed", request.name, context, go)
@@ -80,7 +89,7 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
             _need(m, "classifier", "GradCam")
             if "gradcam" not in m.graphs:
                 raise InvalidArgument(f"model {m.name!r} has no Grad-CAM graph (it has no spatial layer)")
-            x = images_from_request(request.images, m.manifest)
+            x = await _images(request.images, m.manifest)
             k = len(m.manifest["labels"])
             if request.targets:
                 t = np.asarray(request.targets, np.int64)
@@ -108,7 +117,7 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
         async def go():
             m = self.rt.model(request.name, request.version)
             _need(m, "vae", "Encode")
-            mean, logvar = await self._encode(m, images_from_request(request.images, m.manifest), context)
+            mean, logvar = await self._encode(m, await _images(request.images, m.manifest), context)
             z = None
             if request.sample:
                 rng = np.random.default_rng(request.seed or None)
@@ -127,7 +136,7 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
         async def go():
             m = self.rt.model(request.name, request.version)
             _need(m, "vae", "Reconstruct")
-            mean, _ = await self._encode(m, images_from_request(request.images, m.manifest), context)
+            mean, _ = await self._encode(m, await _images(request.images, m.manifest), context)
             return pb.ImagesResponse(images=to_proto(await self._decode(m, mean, context)))
         return await self.rt.handle("Reconstruct", request.name, context, go)
 
@@ -138,7 +147,9 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
             if request.alphas:
                 alphas = np.asarray(request.alphas, np.float32)
                 if not np.isfinite(alphas).all() or alphas.min() < 0 or alphas.max() > 1:
-                    raise InvalidArgument("alphas must lie in [0, 1]")
+                    raise InvalidArgument(f"alphas must lie in [0, 1], got {request.alphas[:8]}")
+                if len(alphas) > int(m.manifest["max_batch_size"]):
+                    raise InvalidArgument(f"{len(alphas)} alphas is above the maximum of {m.manifest['max_batch_size']}")
             else:
                 steps = request.steps or 10
                 if not 2 <= steps <= int(m.manifest["max_batch_size"]):
@@ -146,7 +157,7 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
                 alphas = np.linspace(0, 1, steps, dtype=np.float32)
             which = request.WhichOneof("endpoints")
             if which == "images":
-                x = images_from_request(request.images, m.manifest)
+                x = await _images(request.images, m.manifest)
                 if len(x) != 2:
                     raise InvalidArgument(f"Interpolate needs exactly 2 images, got {len(x)}")
                 ends, _ = await self._encode(m, x, context)

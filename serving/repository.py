@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,32 @@ def providers(device: str, graph_file: Path) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+SMALL_GRAPH_MS = 1.0  # batch-1 latency under which a graph runs with one intra-op thread
+
+
+def _session(file: Path, wanted: list[str], intra: int, inter: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra
+    opts.inter_op_num_threads = inter
+    opts.log_severity_level = 3
+    # onnxruntime's pool threads spin while idle; on a small machine that steals the CPU the
+    # event loop needs to accept the next requests, so let them sleep instead.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(file), opts, providers=wanted)
+
+
+def _warm_ms(sess: ort.InferenceSession, inputs: list[dict]) -> float:
+    """Fastest of three batch-1 runs on zeros, in ms (also proves the graph runs at all)."""
+    feeds = {i["name"]: np.zeros([1, *i["shape"][1:]], np.int64 if i["dtype"] == "int64" else np.float32) for i in inputs}
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
+
+
 def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 0) -> Model:
     model = Model(path.parent.name, int(path.name), path)
     try:
@@ -93,17 +120,15 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
                 raise ValueError(f"{fname} is missing")
             if _sha256(f) != digest:
                 raise ValueError(f"{fname} fails its sha256 check (corrupted or changed since export)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = inter_op_threads
-        opts.log_severity_level = 3
-        # onnxruntime's pool threads spin while idle; on a small machine that steals the CPU the
-        # event loop needs to accept the next requests, so let them sleep instead.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         for gname, g in model.manifest["graphs"].items():
             wanted = providers(device, path / g["file"])
-            sess = ort.InferenceSession(str(path / g["file"]), opts, providers=wanted)
+            sess = _session(path / g["file"], wanted, intra_op_threads, inter_op_threads)
+            if intra_op_threads == 0 and wanted[0] == "CPUExecutionProvider" and _warm_ms(sess, g["inputs"]) < SMALL_GRAPH_MS:
+                # A graph this small spends more on handing work to the pool threads and waking
+                # them than it saves; one thread leaves the other cores to the event loop.
+                sess = _session(path / g["file"], wanted, 1, inter_op_threads)
+                log.debug("%s/%s %s: small graph, 1 intra-op thread", model.name, model.version, gname)
+            _warm_ms(sess, g["inputs"])  # the first run allocates; do it before the first request
             model.graphs[gname] = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"],
                                         int(model.manifest.get("max_batch_size", 256)))
         used = {g.session.get_providers()[0] for g in model.graphs.values()}

@@ -24,6 +24,11 @@ class Runtime:
         self.metrics = metrics
         self.batchers: dict[tuple[str, int, str], Batcher] = {}
         self.options = {"max_batch": max_batch, "max_delay_s": max_delay_s, "max_queue": max_queue}
+        # Prometheus children cached by label values: ``labels()`` costs a lock and a dict build per
+        # call, which matters at thousands of requests per second.
+        self._counters: dict[tuple[str, str, str], object] = {}
+        self._latency: dict[str, object] = {}
+        self._known: set[str] = set()  # model and v2 names; any other name is counted as "unknown"
 
     def attach(self, repo) -> None:
         for m in repo.all():
@@ -33,6 +38,7 @@ class Runtime:
                             metrics=self.metrics)
                 b.start()
                 self.batchers[(m.name, m.version, g.name)] = b
+        self._known = set(repo.models) | set(repo.triton_names)
         self.repo = repo
 
     def model(self, name: str, version: int = 0):
@@ -42,13 +48,29 @@ class Runtime:
             raise InvalidArgument("model name is empty")
         return self.repo.get(name, version)
 
-    async def run(self, model, graph: str, feeds: dict[str, np.ndarray], outputs, context) -> dict[str, np.ndarray]:
-        if graph not in model.graphs:
+    async def run(self, model, graph: str, feeds: dict[str, np.ndarray], outputs, context, n: int | None = None) -> dict[str, np.ndarray]:
+        """Queue ``feeds`` (``n`` images) on the graph's batcher; the outputs asked for, this request's rows only."""
+        batcher = self.batchers.get((model.name, model.version, graph))
+        if batcher is None:
             raise InvalidArgument(f"model {model.name!r} has no {graph} graph (graphs: {', '.join(model.graphs)})")
         remaining = context.time_remaining() if context is not None else None
         deadline = time.monotonic() + remaining if remaining is not None else None
-        n = len(next(iter(feeds.values())))
-        return await self.batchers[(model.name, model.version, graph)].submit(feeds, outputs, n, deadline)
+        if n is None:
+            n = len(next(iter(feeds.values())))
+        return await batcher.submit(feeds, outputs, n, deadline)
+
+    def _observe(self, method: str, model_name: str, status: str, seconds: float) -> None:
+        # Names come from clients: an unknown one is labelled "unknown", so a client cannot grow
+        # the metric's label set without bound.
+        key = (method, model_name if model_name in self._known else ("-" if not model_name else "unknown"), status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.requests.labels(*key)
+        counter.inc()
+        hist = self._latency.get(method)
+        if hist is None:
+            hist = self._latency[method] = self.metrics.latency.labels(method)
+        hist.observe(seconds)
 
     async def handle(self, method: str, model_name: str, context, fn):
         """Run ``fn()``; map ServingError to its status code, anything else to INTERNAL (logged)."""
@@ -72,5 +94,4 @@ class Runtime:
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
             if self.metrics:
-                self.metrics.requests.labels(method, model_name or "-", status).inc()
-                self.metrics.latency.labels(method).observe(time.perf_counter() - t0)
+                self._observe(method, model_name, status, time.perf_counter() - t0)

@@ -12,7 +12,6 @@ from ._generated.inference import grpc_service_pb2 as pb
 from ._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from ._generated.inference import model_config_pb2 as mc
 from .errors import InvalidArgument, NotFound, ServingError
-from .tensors import check_batch
 
 V2_TYPES = {"float32": "FP32", "int64": "INT64"}
 NP_TYPES = {"FP32": np.float32, "INT64": np.int64}
@@ -23,6 +22,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, runtime, version: str):
         self.rt = runtime
         self.version = version
+        self._cache: dict[tuple[str, str], tuple] = {}
 
     def _graph(self, name: str, version: str):
         if self.rt.repo is None:
@@ -76,50 +76,90 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=int(self.rt.options["max_delay_s"] * 1e6))))
         return await self.rt.handle("ModelConfig", request.name, context, go)
 
+    def _resolve(self, name: str, version: str):
+        """(model, graph, spec) for a v2 name and version, cached: the repository never changes once
+        loaded, and this lookup sits on the hot path. Failures raise and are not cached."""
+        key = (name, version)
+        hit = self._cache.get(key)
+        if hit is None:
+            model, g = self._graph(name, version)
+            hit = self._cache[key] = (model, g, _Spec(g, model.version))
+        return hit
+
     async def ModelInfer(self, request, context):
-        async def go():
-            model, g = self._graph(request.model_name, request.model_version)
-            spec = {i["name"]: i for i in g.inputs}
-            given = [i.name for i in request.inputs]
-            if sorted(given) != sorted(spec):
-                raise InvalidArgument(f"{request.model_name}: inputs {given}, expected {sorted(spec)}")
-            raw = list(request.raw_input_contents)
-            if raw and len(raw) != len(request.inputs):
-                raise InvalidArgument(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
-            feeds, n = {}, None
-            for k, inp in enumerate(request.inputs):
-                want = spec[inp.name]
-                if inp.datatype != V2_TYPES[want["dtype"]]:
-                    raise InvalidArgument(f"input {inp.name!r}: datatype {inp.datatype}, expected {V2_TYPES[want['dtype']]}")
-                dtype = NP_TYPES[inp.datatype]
-                shape = list(inp.shape)
-                count = int(np.prod(shape)) if shape else 0
-                if raw:
-                    if len(raw[k]) != count * np.dtype(dtype).itemsize:
-                        raise InvalidArgument(f"input {inp.name!r}: shape {shape} needs {count * np.dtype(dtype).itemsize} bytes, got {len(raw[k])}")
-                    arr = np.frombuffer(raw[k], dtype).reshape(shape)
-                else:
-                    vals = inp.contents.fp32_contents if dtype == np.float32 else inp.contents.int64_contents
-                    if len(vals) != count:
-                        raise InvalidArgument(f"input {inp.name!r}: shape {shape} needs {count} values, got {len(vals)}")
-                    arr = np.asarray(vals, dtype).reshape(shape)
-                feeds[inp.name] = check_batch(arr, want["shape"], g.max_batch_size, f"input {inp.name!r}")
-                if n is not None and len(arr) != n:
-                    raise InvalidArgument("inputs disagree on the batch size")
-                n = len(arr)
-            if "target" in feeds:
-                k = int(g.outputs[-1]["shape"][-1])  # the logits width
-                if feeds["target"].min() < 0 or feeds["target"].max() >= k:
-                    raise InvalidArgument(f"input 'target': class index out of range 0..{k - 1}")
-            names = [o.name for o in request.outputs] or g.output_names
-            unknown = [x for x in names if x not in g.output_names]
-            if unknown:
-                raise InvalidArgument(f"unknown output {', '.join(map(repr, unknown))}; outputs: {', '.join(g.output_names)}")
-            out = await self.rt.run(model, g.name, feeds, names, context)
-            resp = pb.ModelInferResponse(model_name=request.model_name, model_version=str(model.version), id=request.id)
-            for name in names:
-                a = np.ascontiguousarray(out[name])
-                resp.outputs.add(name=name, datatype="INT64" if a.dtype == np.int64 else "FP32", shape=a.shape)
-                resp.raw_output_contents.append(a.tobytes())
-            return resp
-        return await self.rt.handle("ModelInfer", request.model_name, context, go)
+        return await self.rt.handle("ModelInfer", request.model_name, context, lambda: self._infer(request, context))
+
+    async def _infer(self, request, context):
+        if self.rt.repo is None:
+            from .errors import Unavailable
+            raise Unavailable("server is still loading models")
+        model, g, spec = self._resolve(request.model_name, request.model_version)
+        raw = request.raw_input_contents
+        if raw and len(raw) != len(request.inputs):
+            raise InvalidArgument(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+        feeds, n = {}, None
+        for k, inp in enumerate(request.inputs):
+            s = spec.inputs.get(inp.name)
+            if s is None or inp.name in feeds:
+                raise InvalidArgument(f"{request.model_name}: input {inp.name!r} unknown or repeated; inputs: {', '.join(spec.inputs)}")
+            name, v2type, dtype, tail, per_item = s
+            if inp.datatype != v2type:
+                raise InvalidArgument(f"input {name!r}: datatype {inp.datatype or '(none)'}, expected {v2type}")
+            shape = tuple(inp.shape)
+            if len(shape) != len(tail) + 1 or shape[1:] != tail:
+                raise InvalidArgument(f"input {name!r}: shape {list(shape)} does not match the model's {['N', *tail]}")
+            b = shape[0]
+            if b <= 0:
+                raise InvalidArgument(f"input {name!r}: empty batch (shape {list(shape)})")
+            if b > g.max_batch_size:
+                raise InvalidArgument(f"input {name!r}: batch of {b} is above the maximum of {g.max_batch_size}; split it")
+            if n is not None and b != n:
+                raise InvalidArgument(f"inputs disagree on the batch size ({n} and {b})")
+            n = b
+            if raw:
+                if len(raw[k]) != b * per_item:
+                    raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs {b * per_item} bytes, got {len(raw[k])}")
+                arr = np.frombuffer(raw[k], dtype).reshape(shape)
+            else:  # typed contents: slower, but part of the protocol
+                vals = inp.contents.fp32_contents if dtype is np.float32 else inp.contents.int64_contents
+                if len(vals) * dtype().itemsize != b * per_item:
+                    raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs {b * per_item // dtype().itemsize} values, got {len(vals)}")
+                arr = np.asarray(vals, dtype).reshape(shape)
+            if dtype is np.float32 and not np.isfinite(arr).all():
+                raise InvalidArgument(f"input {name!r}: contains NaN or Inf")
+            feeds[name] = arr
+        if len(feeds) != len(spec.inputs):
+            raise InvalidArgument(f"{request.model_name}: inputs {list(feeds)}, expected {list(spec.inputs)}")
+        if "target" in feeds and spec.classes:
+            t = feeds["target"]
+            if t.min() < 0 or t.max() >= spec.classes:
+                raise InvalidArgument(f"input 'target': class index out of range 0..{spec.classes - 1}")
+        names = [o.name for o in request.outputs] if request.outputs else g.output_names
+        for x in names:
+            if x not in spec.outputs:
+                raise InvalidArgument(f"unknown output {x!r}; outputs: {', '.join(g.output_names)}")
+        out = await self.rt.run(model, g.name, feeds, names, context, n)
+        arrays = [out[x] for x in names]
+        return pb.ModelInferResponse(
+            model_name=request.model_name, model_version=spec.version, id=request.id,
+            outputs=[_Out(name=x, datatype=spec.outputs[x], shape=a.shape) for x, a in zip(names, arrays)],
+            raw_output_contents=[a.tobytes() for a in arrays])
+
+
+_Out = pb.ModelInferResponse.InferOutputTensor
+
+
+class _Spec:
+    """What ModelInfer checks a request against, computed once per graph."""
+
+    def __init__(self, g, version: int):
+        self.version = str(version)
+        self.inputs = {}
+        for i in g.inputs:
+            dtype = NP_TYPES[V2_TYPES[i["dtype"]]]
+            tail = tuple(int(d) for d in i["shape"][1:])
+            per_item = int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize
+            self.inputs[i["name"]] = (i["name"], V2_TYPES[i["dtype"]], dtype, tail, per_item)
+        self.outputs = {o["name"]: V2_TYPES[o["dtype"]] for o in g.outputs}
+        logits = [o for o in g.outputs if o["name"] == "logits"]
+        self.classes = int(logits[0]["shape"][-1]) if logits else 0

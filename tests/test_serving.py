@@ -106,10 +106,16 @@ def test_vae_rpcs(client, repository, images):
 
 BAD = [
     ("classify", "nope", lambda x: x, {}, grpc.StatusCode.NOT_FOUND, "unknown model"),
+    ("classify", "lenet", lambda x: [b"\x89PNG\r\n\x1a\n" + b"\0" * 40], {}, grpc.StatusCode.INVALID_ARGUMENT, "decode"),
+    ("classify", "lenet", lambda x: x, {"top_k": -1}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+    ("embed", "lenet", lambda x: x, {"layers": []}, grpc.StatusCode.INVALID_ARGUMENT, "no layer"),
+    ("gradcam", "lenet", lambda x: x, {"targets": [-1]}, grpc.StatusCode.INVALID_ARGUMENT, "out of range"),
+    ("encode", "lenet", lambda x: x, {}, grpc.StatusCode.INVALID_ARGUMENT, "vae"),
+    ("reconstruct", "cvae", lambda x: np.full_like(x, np.inf), {}, grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf"),
+    ("interpolate", "cvae", lambda x: x, {"steps": 1}, grpc.StatusCode.INVALID_ARGUMENT, "steps"),
     ("classify", "lenet", lambda x: x[:, :, :27], {}, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
     ("classify", "lenet", lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x).astype(np.float32), {}, grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
     ("classify", "lenet", lambda x: x[:0], {}, grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-    ("classify", "lenet", lambda x: np.repeat(x, 300, axis=0)[:257], {"chunk": 1000}, grpc.StatusCode.INVALID_ARGUMENT, "maximum"),
     ("classify", "lenet", lambda x: [b"not an image"], {}, grpc.StatusCode.INVALID_ARGUMENT, "decode"),
     ("classify", "cvae", lambda x: x, {}, grpc.StatusCode.INVALID_ARGUMENT, "classifier"),
     ("embed", "lenet", lambda x: x, {"layers": ["fc9"]}, grpc.StatusCode.INVALID_ARGUMENT, "fc1"),
@@ -122,8 +128,6 @@ BAD = [
 @pytest.mark.parametrize("method,model,make,kw,code,words", BAD, ids=[f"{b[0]}-{b[5]}" for b in BAD])
 def test_bad_input_gets_its_status_and_server_survives(client, server, images, method, model, make, kw, code, words):
     x = make(preprocess(images[:1], {"channels": 1, "size": [28, 28], "mean": [0.286], "std": [0.353]}))
-    if "chunk" in kw:
-        client = GlassboxClient(server, chunk=kw.pop("chunk"))
     with pytest.raises(GlassboxError) as e:
         if method == "interpolate":
             getattr(client, method)(model, x[0], x[0], **kw)
@@ -133,11 +137,29 @@ def test_bad_input_gets_its_status_and_server_survives(client, server, images, m
     assert client.classify("lenet", preprocess(images[:1], {"channels": 1, "size": [28, 28], "mean": [0.286], "std": [0.353]})).indices.shape == (1, 5)
 
 
-def test_raw_tensor_byte_count_is_checked(server):
+def test_raw_requests_the_client_would_not_send(server):
     from serving._generated.glassbox.v1 import glassbox_pb2 as pb
     from serving._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
-    with grpc.insecure_channel(server) as ch:
+
+    def refused(call, request, code, words):
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=30)
+        assert e.value.code() == code and words in e.value.details(), e.value.details()
+
+    with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
         stub = pb_grpc.GlassboxStub(ch)
+        big = pb.Tensor(shape=[257, 1, 28, 28], data=np.zeros((257, 1, 28, 28), np.float32).tobytes())
+        refused(stub.Classify, pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=big)), grpc.StatusCode.INVALID_ARGUMENT, "maximum of 256")
+        refused(stub.Classify, pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=[], data=b""))),
+                grpc.StatusCode.INVALID_ARGUMENT, "shape")
+        refused(stub.Classify, pb.ClassifyRequest(name="lenet"), grpc.StatusCode.INVALID_ARGUMENT, "either a tensor")
+        refused(stub.Classify, pb.ClassifyRequest(name=""), grpc.StatusCode.INVALID_ARGUMENT, "empty")
+        refused(stub.GetModel, pb.GetModelRequest(name="lenet", version=7), grpc.StatusCode.NOT_FOUND, "no version 7")
+        refused(stub.Decode, pb.DecodeRequest(name="cvae", latents=pb.Tensor(shape=[1, 3], data=b"\0" * 12)),
+                grpc.StatusCode.INVALID_ARGUMENT, "latents")
+        refused(stub.Interpolate, pb.InterpolateRequest(name="cvae", latents=pb.Tensor(shape=[3, 1], data=b"\0" * 12)),
+                grpc.StatusCode.INVALID_ARGUMENT, "latents")
+        refused(stub.Interpolate, pb.InterpolateRequest(name="cvae"), grpc.StatusCode.INVALID_ARGUMENT, "two images or two latents")
         bad = pb.Images(tensor=pb.Tensor(shape=[1, 1, 28, 28], data=b"\0" * 100))
         with pytest.raises(grpc.RpcError) as e:
             stub.Classify(pb.ClassifyRequest(name="lenet", images=bad))
@@ -262,7 +284,8 @@ def test_metrics_endpoint(repository):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert metric(text, 'glassbox_batch_size_sum{graph="lenet"}') == 64
         assert metric(text, 'glassbox_batch_size_count{graph="lenet"}') < 64
-        assert 'glassbox_requests_total{method="Classify",model="nope",status="NOT_FOUND"} 1.0' in text
+        # Unknown names are counted under "unknown": clients cannot grow the label set without bound.
+        assert 'glassbox_requests_total{method="Classify",model="unknown",status="NOT_FOUND"} 1.0' in text
         assert "glassbox_request_seconds_bucket" in text and "glassbox_queue_depth" in text
     finally:
         assert stop_server(proc) == 0
@@ -326,3 +349,116 @@ def test_serving_imports_without_torch():
 def test_generated_stubs_match_protos():
     r = subprocess.run([sys.executable, "-m", "serving.codegen", "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_v2_bad_requests_get_their_status(server):
+    # tritonclient's own stubs (its InferInput would refuse to build most of these).
+    from tritonclient.grpc import service_pb2 as tpb
+    from tritonclient.grpc import service_pb2_grpc as tpb_grpc
+
+    def req(model="lenet", shape=(1, 1, 28, 28), datatype="FP32", data=None, version="", outputs=(), extra=()):
+        data = np.zeros(shape, np.float32).tobytes() if data is None else data
+        inputs = [tpb.ModelInferRequest.InferInputTensor(name="input", datatype=datatype, shape=list(shape)), *extra]
+        raw = [data] + [np.zeros(list(e.shape), np.int64).tobytes() for e in extra]
+        return tpb.ModelInferRequest(model_name=model, model_version=version, inputs=inputs, raw_input_contents=raw,
+                                     outputs=[tpb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs])
+
+    target = tpb.ModelInferRequest.InferInputTensor(name="target", datatype="INT64", shape=[1])
+    nan = np.zeros((1, 1, 28, 28), np.float32)
+    nan[0, 0, 3, 3] = np.nan
+    cases = [
+        (req(model="nope"), grpc.StatusCode.NOT_FOUND, "unknown model"),
+        (req(version="7"), grpc.StatusCode.NOT_FOUND, "no version 7"),
+        (req(version="x"), grpc.StatusCode.INVALID_ARGUMENT, "integer"),
+        (req(shape=(1, 1, 27, 28)), grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+        (req(shape=()), grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+        (req(datatype="FP64"), grpc.StatusCode.INVALID_ARGUMENT, "datatype"),
+        (req(data=b"\0" * 100), grpc.StatusCode.INVALID_ARGUMENT, "bytes"),
+        (req(shape=(0, 1, 28, 28)), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        (req(shape=(257, 1, 28, 28)), grpc.StatusCode.INVALID_ARGUMENT, "maximum"),
+        (req(data=nan.tobytes()), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+        (req(outputs=["fc9"]), grpc.StatusCode.INVALID_ARGUMENT, "unknown output"),
+        (req(model="lenet.gradcam"), grpc.StatusCode.INVALID_ARGUMENT, "expected"),
+        (req(model="lenet.gradcam", extra=[tpb.ModelInferRequest.InferInputTensor(name="target", datatype="INT64", shape=[2])]),
+         grpc.StatusCode.INVALID_ARGUMENT, "batch size"),
+        (req(model="cvae.decoder"), grpc.StatusCode.INVALID_ARGUMENT, "input 'input' unknown"),
+    ]
+    with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        stub = tpb_grpc.GRPCInferenceServiceStub(ch)
+        for request, code, words in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request, timeout=30)
+            assert e.value.code() == code and words in e.value.details(), (request.model_name, e.value.details())
+        bad_target = req(model="lenet.gradcam", extra=[target])
+        bad_target.raw_input_contents[1] = np.array([10], np.int64).tobytes()
+        with pytest.raises(grpc.RpcError, match="out of range"):
+            stub.ModelInfer(bad_target, timeout=30)
+        ok = stub.ModelInfer(req(model="lenet.gradcam", extra=[target]), timeout=30)
+        assert [o.name for o in ok.outputs] == ["cam", "logits"] and len(ok.raw_output_contents[0]) == 28 * 28 * 4
+        assert not stub.ModelReady(tpb.ModelReadyRequest(name="lenet", version="7")).ready
+
+
+def test_client_splits_large_batches(client, repository, images):
+    x = preprocess(np.resize(images, (600, 28, 28)), manifest(repository, "lenet")["preprocessing"])
+    res = client.classify("lenet", x, top_k=1, return_logits=True)
+    ref = ort_run(repository, "lenet", "classifier", {"input": x})
+    assert res.indices.shape == (600, 1) and res.logits.shape == (600, 10)
+    np.testing.assert_allclose(res.logits, ref["logits"], rtol=1e-5, atol=1e-5)
+    cams = client.gradcam("lenet", x[:300], targets=np.arange(300) % 10)
+    assert cams.cams.shape == (300, 28, 28) and list(cams.targets[250:253]) == [0, 1, 2]
+
+
+def test_tls_full_queue_and_deadline(repository, images, tmp_path):
+    """A second server: TLS on, one queued request per graph, so concurrent calls are refused at once."""
+    import shutil
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from serving._generated.glassbox.v1 import glassbox_pb2 as pb
+    from serving._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repository), "--port", str(port),
+                             "--metrics-port", "0", "--log-level", "WARNING", "--tls-cert", str(cert), "--tls-key", str(key),
+                             "--max-queue", "1", "--max-batch", "64"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    address = f"127.0.0.1:{port}"
+    creds = grpc.ssl_channel_credentials(cert.read_bytes())
+    try:
+        with grpc.secure_channel(address, creds) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "TLS server did not start"
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    time.sleep(0.2)
+            stub = pb_grpc.GlassboxStub(ch)
+            x = preprocess(np.resize(images, (64, 28, 28)), manifest(repository, "lenet")["preprocessing"])
+            request = pb.GradCamRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=x.shape, data=x.tobytes())))
+            futures = [stub.GradCam.future(request, timeout=60) for _ in range(12)]
+            codes = []
+            for f in futures:
+                try:
+                    f.result()
+                    codes.append("OK")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        assert "queue is full" in e.details()
+            assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+            with pytest.raises(grpc.RpcError) as e:  # a deadline shorter than the work: DEADLINE_EXCEEDED, no hang
+                stub.GradCam(request, timeout=0.001)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with GlassboxClient(address, tls_ca=cert.read_bytes()) as c:  # the typed client over TLS; the server still answers
+            assert c.classify("lenet", x[:2]).indices.shape == (2, 5)
+        with grpc.insecure_channel(address) as plain:  # plaintext is not accepted on a TLS port
+            with pytest.raises(grpc.RpcError):
+                health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    finally:
+        assert stop_server(proc) == 0
