@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from training.checkpoint import save_checkpoint
 from training.data import load_dataset, preprocess
-from training.export import ParityError, export_checkpoint, export_model, verify_files, versions
+from training.export import (ParityError, default_name, export_checkpoint, export_model, validate_manifest,
+                             verify_files, versions)
 from training.export.cli import export as export_cli
 from training.export.pbtxt import parse_triton_config
 from training.models import create_model, list_models
@@ -73,9 +74,17 @@ def test_every_model_exports_with_parity(name, tmp_path, fmnist_test, fmnist_dir
     else:
         assert m["latent_dim"] == model.latent_dim and m["layers"] == [] and m["labels"] == []
     assert verify_files(res.path) == []
-    for key in ("format", "input", "preprocessing", "labels", "layers", "cam_layer", "opset", "files", "source",
-                "versions", "max_batch_size", "training", "dataset", "model"):
+    assert validate_manifest(m) == []
+    for key in ("format", "name", "version", "task", "dataset", "model", "input", "preprocessing", "labels", "layers",
+                "cam_layer", "latent_dim", "opset", "max_batch_size", "graphs", "files", "source", "training",
+                "versions", "parity"):
         assert key in m, key
+    assert set(m["files"]) == {p.name for p in res.path.iterdir()} - {"manifest.json"}
+    for graph, g in m["graphs"].items():  # the manifest's I/O is the graph's I/O
+        onnx_model = onnx.load(res.path / g["file"])
+        assert [i.name for i in onnx_model.graph.input] == [t["name"] for t in g["inputs"]]
+        assert [o.name for o in onnx_model.graph.output] == [t["name"] for t in g["outputs"]]
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx_model.graph.initializer)
 
 
 def test_gradcam_targets_per_image_and_reference(tmp_path, fmnist_test, fmnist_dir):
@@ -112,7 +121,13 @@ def test_real_1000_image_gate_from_checkpoint(tmp_path, fmnist_dir):
 
 def test_corrupted_onnx_is_caught_by_sha256(tmp_path, fmnist_test, fmnist_dir):
     model = create_model("mlp").eval()
-    res = export_model(model, config_for(model, fmnist_dir), tmp_path, images=fmnist_test.images[:8], batch_sizes=(8,))
+    cfg = config_for(model, fmnist_dir)
+    assert default_name(cfg) == "mlp" and default_name({**cfg, "dataset": {"name": "mnist"}}) == "mlp-mnist"
+    (tmp_path / "custom" / "3").mkdir(parents=True)  # versions: 1 + the largest integer; other names ignored
+    (tmp_path / "custom" / "notes").mkdir()
+    res = export_model(model, cfg, tmp_path, "custom", images=fmnist_test.images[:8], batch_sizes=(8,))
+    assert res.name == "custom" and res.version == 4 and res.manifest["graphs"]["classifier"]["triton_name"] == "custom"
+    assert "gradcam" not in res.manifest["graphs"] and res.manifest["cam_layer"] is None
     f = res.path / "classifier.onnx"
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -121,9 +136,9 @@ def test_corrupted_onnx_is_caught_by_sha256(tmp_path, fmnist_test, fmnist_dir):
     assert len(problems) == 1 and "sha256 mismatch" in problems[0]
 
 
-def test_broken_parity_is_refused_and_writes_nothing(tmp_path, fmnist_test, fmnist_dir, monkeypatch):
+def sabotage_exports(monkeypatch):
+    """Every graph written is perturbed after export, before the gate, as a buggy exporter would."""
     import training.export.exporter as ex
-    model = create_model("lenet").eval()
     real_export = ex.export_onnx
 
     def sabotaged(module, args, path, inputs, outputs):
@@ -131,14 +146,23 @@ def test_broken_parity_is_refused_and_writes_nothing(tmp_path, fmnist_test, fmni
         m = onnx.load(path)  # perturb one weight of the written graph, as a buggy exporter would
         init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
         arr = onnx.numpy_helper.to_array(init).copy()
-        arr.flat[0] += 0.5
+        arr += 0.5
         init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
         onnx.save(m, path)
 
     monkeypatch.setattr(ex, "export_onnx", sabotaged)
-    with pytest.raises(ParityError, match="disagree"):
+
+
+def test_broken_parity_is_refused_and_writes_nothing(tmp_path, fmnist_test, fmnist_dir, monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("lenet").eval()
+    sabotage_exports(monkeypatch)
+    with pytest.raises(ParityError, match="disagree") as err:
         export_model(model, config_for(model, fmnist_dir), tmp_path, images=fmnist_test.images[:16], batch_sizes=(16,))
     assert not (tmp_path / "lenet").exists()
+    failed = {(graph, out) for graph, out, *_ in err.value.failures}
+    assert ("classifier", "logits") in failed and ("gradcam", "cam") in failed  # every graph's failures, one table
+    assert "classifier" in str(err.value).splitlines()[2] and "\n" not in err.value.summary()
 
 
 def test_crash_mid_export_keeps_previous_version(tmp_path, fmnist_test, fmnist_dir, monkeypatch):
@@ -149,6 +173,8 @@ def test_crash_mid_export_keeps_previous_version(tmp_path, fmnist_test, fmnist_d
     before = {p.name: p.read_bytes() for p in first.path.iterdir()}
 
     def crash(*a, **k):
+        (tmp,) = (tmp_path / "lenet").glob(".tmp-*")  # the version being built, its first graph written
+        assert (tmp / "classifier.onnx").is_file()
         raise RuntimeError("simulated crash after the classifier graph was written")
 
     monkeypatch.setattr(ex, "build_gradcam_graph", crash)
@@ -166,7 +192,33 @@ def test_export_cli(tmp_path, fmnist_dir):
         save_checkpoint(tmp_path / "runs" / run / "best.pt", {"model": model.state_dict(), "epoch": 1, "config": cfg})
     r = CliRunner().invoke(export_cli, [str(tmp_path / "runs"), "--repository", str(tmp_path / "repo"), "--parity-images", "16"])
     assert r.exit_code == 0, r.output
-    assert "lenet/1" in r.output and "lenet/2" in r.output and "gradcam" in r.output
+    header, *rows = r.stdout.splitlines()
+    assert header.split()[:3] == ["model", "version", "graphs"] and "argmax" in header and "seconds" in header
+    assert [row.split()[:3] for row in rows] == [["lenet", "1", "classifier,gradcam"], ["lenet", "2", "classifier,gradcam"]]
+    assert all("100.0%" in row for row in rows)
     r = CliRunner().invoke(export_cli, [str(tmp_path)])
     assert r.exit_code == 2 and "not a checkpoint" in r.output
     json.loads((tmp_path / "repo" / "lenet" / "2" / "manifest.json").read_text())
+
+
+def test_export_cli_errors(tmp_path, fmnist_dir, monkeypatch):
+    model = create_model("lenet")
+    ckpt = tmp_path / "run" / "best.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 1, "config": config_for(model, fmnist_dir)})
+    repo = tmp_path / "repo"
+    runner = CliRunner()
+    r = runner.invoke(export_cli, ["--help"])
+    assert r.exit_code == 0 and all(o in r.output for o in ("--repository", "--name", "--parity-images", "--data-dir"))
+    r = runner.invoke(export_cli, [str(tmp_path / "nope.pt"), "--repository", str(repo)])  # missing checkpoint
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "nope.pt" in r.stderr
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    r = runner.invoke(export_cli, [str(ckpt), str(tmp_path / "bad.pt"), "--repository", str(repo)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "bad.pt" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(export_cli, [str(ckpt), "--repository", str(repo), "--data-dir", str(empty)])  # no dataset
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "not found" in r.stderr
+    sabotage_exports(monkeypatch)
+    r = runner.invoke(export_cli, [str(ckpt), "--repository", str(repo), "--parity-images", "8"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "parity failed" in r.stderr
+    assert not repo.exists() or not any(repo.rglob("*")), "nothing written on any error"

@@ -7,6 +7,7 @@
 """
 from .exporter import ExportResult, default_name, export_checkpoint, export_model
 from .parity import ParityError
-from .repository import verify_files, versions
+from .repository import validate_manifest, verify_files, versions
 
-__all__ = ["ExportResult", "ParityError", "default_name", "export_checkpoint", "export_model", "verify_files", "versions"]
+__all__ = ["ExportResult", "ParityError", "default_name", "export_checkpoint", "export_model", "validate_manifest",
+           "verify_files", "versions"]

@@ -1,7 +1,11 @@
 """``export``: checkpoints -> the model repository, gated by torch/onnxruntime parity.
 
     export runs/quick/lenet/best.pt
-    export runs/quick --repository exported        # every run directory under runs/quick
+    export runs/quick/lenet                        # a run directory (its best.pt)
+    export runs/quick --repository exported        # every run directory of a train-all output
+
+Exit codes: 0 all exported; 1 a parity gate refused a model (nothing written for it);
+2 a usage error, a missing checkpoint or a missing dataset (one line on stderr each).
 """
 from __future__ import annotations
 
@@ -11,7 +15,13 @@ from pathlib import Path
 import click
 
 
+class NoCheckpoint(Exception):
+    pass
+
+
 def find_checkpoints(paths: tuple[str, ...]) -> list[Path]:
+    """Checkpoint files for each path: a file, a run directory holding best.pt, or a train-all
+    output whose subdirectories hold best.pt. All are resolved before anything is exported."""
     found = []
     for p in map(Path, paths):
         if p.is_file():
@@ -20,43 +30,74 @@ def find_checkpoints(paths: tuple[str, ...]) -> list[Path]:
             found.append(p / "best.pt")
         elif p.is_dir() and (runs := sorted(p.glob("*/best.pt"))):
             found.extend(runs)
+        elif not p.exists():
+            raise NoCheckpoint(f"{p}: no such file or directory")
         else:
-            raise click.UsageError(f"{p}: not a checkpoint, a run directory with best.pt, or a train-all output")
+            raise NoCheckpoint(f"{p}: not a checkpoint, a run directory with best.pt, or a train-all output")
     return found
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--repository", default="exported", help="Model repository to add the new versions to.")
-@click.option("--name", default=None, help="Model name in the repository (one checkpoint only) [default: the registry "
-                                           "name, with -<dataset> unless Fashion-MNIST].")
-@click.option("--parity-images", type=int, default=1000, help="Real test images the parity gate compares on.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the test images are (else the checkpoint's data dir, then the usual search).")
-def export(paths, repository, name, parity_images, data_dir):
-    """Export checkpoints (files, run directories, or train-all outputs) to ONNX with a parity gate.
+def _fail(message: str, code: int):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
-    Each model becomes exported/<name>/<version>/ with its graphs, Triton configs and a manifest.
-    Nothing is written for a model whose parity check fails (exit code 1).
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True, metavar="CHECKPOINT_OR_RUN_DIR...")
+@click.option("--repository", default="exported", type=click.Path(file_okay=False),
+              help="Model repository: each model becomes <repository>/<name>/<version>/ (the next free integer).")
+@click.option("--name", default=None,
+              help="Model name in the repository; only with a single checkpoint. [default: the registry name "
+                   "for Fashion-MNIST models, else <arch>-<dataset>, e.g. lenet-mnist]")
+@click.option("--parity-images", type=click.IntRange(min=1), default=1000,
+              help="How many real test images of the model's dataset the parity gate compares onnxruntime "
+                   "and torch on (at batch sizes 1, 7 and 64).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the dataset's test files are [default: the checkpoint config's data_dir, then the "
+                   "usual search].")
+def export(paths, repository, name, parity_images, data_dir):
+    """Export checkpoints to ONNX graphs in the model repository, gated by a parity check.
+
+    CHECKPOINT_OR_RUN_DIR is a checkpoint file (best.pt), a run directory holding best.pt, or a
+    train-all output directory whose subdirectories hold best.pt (each is exported).
+
+    Each model gets a new version with its graphs (classifier + gradcam, or encoder + decoder),
+    Triton configs and manifest.json. A model is refused, writing nothing, when onnxruntime and
+    torch disagree beyond rtol 1e-3 / atol 1e-5 or on any argmax (exit code 1). A missing
+    checkpoint or dataset exits with code 2.
     """
     from ..data import DatasetError
     from . import ParityError, export_checkpoint
-    ckpts = find_checkpoints(paths)
+    try:
+        ckpts = find_checkpoints(paths)
+    except NoCheckpoint as e:
+        _fail(str(e), 2)
     if name and len(ckpts) > 1:
-        raise click.UsageError("--name needs exactly one checkpoint")
-    rows, failed = [], 0
+        _fail(f"--name needs exactly one checkpoint, got {len(ckpts)}", 2)
+    from ..checkpoint import load_checkpoint
+    for ck in ckpts:  # every checkpoint readable before any export starts
+        try:
+            load_checkpoint(ck)
+        except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a bad file
+            _fail(f"{ck}: not a readable Glassbox checkpoint ({' '.join(str(e).split())[:200]})", 2)
+    rows, code = [], 0
     for ck in ckpts:
         try:
             r = export_checkpoint(ck, repository, name, parity_images=parity_images, data_dir=data_dir)
-        except (ParityError, DatasetError, FileNotFoundError, ValueError) as e:
-            click.echo(f"error: {ck}: {e}", err=True)
-            failed += 1
+        except ParityError as e:
+            click.echo(f"error: {ck}: {e.summary()}", err=True)
+            code = max(code, 1)
             continue
-        for graph, rec in r.manifest["parity"].items():
-            worst = max(rec["outputs"].values(), key=lambda s: s["max_abs"])
-            rows.append((f"{r.name}/{r.version}", graph, worst["max_abs"], worst["max_rel"],
-                         rec.get("argmax_agreement"), r.seconds))
+        except (DatasetError, FileNotFoundError, ValueError, KeyError) as e:
+            click.echo(f"error: {ck}: {' '.join(str(e).split())}", err=True)
+            code = 2
+            continue
+        parity = r.manifest["parity"]
+        worst = max(s["max_abs"] for rec in parity.values() for s in rec["outputs"].values())
+        agree = [rec["argmax_agreement"] for rec in parity.values() if "argmax_agreement" in rec]
+        rows.append((r.name, r.version, ",".join(r.manifest["graphs"]), worst, min(agree) if agree else None, r.seconds))
     if rows:
-        click.echo(f"{'model':20s} {'graph':11s} {'max abs':>10s} {'max rel':>10s} {'argmax':>7s} {'seconds':>8s}")
-        for m, g, a, rel, agree, s in rows:
-            click.echo(f"{m:20s} {g:11s} {a:10.2e} {rel:10.2e} {'-' if agree is None else f'{agree:.0%}':>7s} {s:8.1f}")
-    sys.exit(1 if failed else 0)
+        click.echo(f"{'model':24s} {'version':>7s}  {'graphs':18s} {'max abs err':>11s} {'argmax':>7s} {'seconds':>8s}")
+        for m, v, g, err, agree, s in rows:
+            click.echo(f"{m:24s} {v:7d}  {g:18s} {err:11.2e} {'-' if agree is None else f'{agree:.1%}':>7s} {s:8.1f}")
+    sys.exit(code)

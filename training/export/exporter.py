@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +44,22 @@ def _t(name, shape, dtype="float32"):
     return {"name": name, "shape": list(shape), "dtype": dtype}
 
 
-def parity_images(config: dict, n: int, data_dir=None) -> np.ndarray:
+def load_parity_images(config: dict, n: int, data_dir=None) -> np.ndarray:
+    """``n`` real test images (uint8, a fixed random subset) of the checkpoint's dataset."""
     ds = config["dataset"]
     test = load_dataset(ds["name"], split="test", data_dir=data_dir or ds.get("data_dir"))
     return random_subset(test, n, seed=0).images
+
+
+def _labels(ds: dict, graphs: dict) -> list[str]:
+    """Class names from the config; their indices as names when the config has none."""
+    k = graphs["classifier"]["outputs"][0]["shape"][1]
+    classes = list(ds.get("classes") or [])
+    if len(classes) != k:
+        if classes:
+            raise ValueError(f"config lists {len(classes)} classes but the model has {k} logits")
+        classes = [str(i) for i in range(k)]
+    return classes
 
 
 def _check_onnx(path: Path) -> None:
@@ -106,15 +119,23 @@ def _export_vae(model, tmp: Path, x: np.ndarray, name: str, record: dict, batch_
 
 def export_model(model: torch.nn.Module, config: dict, repository="exported", name: str | None = None, *,
                  checkpoint: str | Path | None = None, metrics: dict | None = None, history: list | None = None,
-                 parity_images_n: int = 1000, images: np.ndarray | None = None, data_dir=None,
+                 parity_images: int = 1000, images: np.ndarray | None = None, data_dir=None,
                  batch_sizes=parity.BATCH_SIZES) -> ExportResult:
-    """Export ``model`` (eval) as a new version of ``name``; raise ParityError writing nothing."""
+    """Export ``model`` (eval) as a new version of ``name`` in ``repository``.
+
+    The gate compares onnxruntime with torch on ``parity_images`` real test images of the config's
+    dataset (or on ``images``, uint8 [N,H,W(,3)], when given) at each of ``batch_sizes``; if any
+    output fails, ParityError is raised and nothing is written. ``checkpoint``, ``metrics`` and
+    ``history`` go into the manifest's ``source`` and ``training``.
+    """
     t0 = time.perf_counter()
     model = model.eval()
     name = name or default_name(config)
     ds = config["dataset"]
     spec = {"channels": ds["channels"], "size": ds["size"], "mean": ds["mean"], "std": ds["std"]}
-    raw = images if images is not None else parity_images(config, parity_images_n, data_dir)
+    if images is None and parity_images < 1:
+        raise ValueError(f"parity_images must be at least 1, got {parity_images}")
+    raw = images if images is not None else load_parity_images(config, parity_images, data_dir)
     x = preprocess(raw, spec)
     record: dict = {}
     with staging(Path(repository), name) as tmp:
@@ -124,6 +145,7 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
         else:
             graphs = _export_vae(model, tmp, x, name, record, batch_sizes)
             layer_shapes = {}
+        parity.gate(record)  # every graph checked: one table of everything that failed
         for graph, g in graphs.items():
             text = triton_config(g["triton_name"], g, MAX_BATCH_SIZE)
             parse_triton_config(text)
@@ -133,7 +155,7 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
             "model": {"arch": config["model"]["name"], "args": config["model"].get("args", {})},
             "input": _t("input", [-1, *x.shape[1:]]),
             "preprocessing": spec,
-            "labels": list(ds.get("classes") or []) if model.task == "classifier" else [],
+            "labels": _labels(ds, graphs) if model.task == "classifier" else [],
             "layers": [{"name": n, "shape": layer_shapes[n]} for n in getattr(model, "layers", [])],
             "cam_layer": model.cam_layer,
             "latent_dim": getattr(model, "latent_dim", None) if model.task == "vae" else None,
@@ -146,7 +168,6 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
             "parity": record,
         }
         version, path = publish(tmp, manifest)
-    import json
     manifest = json.loads((path / "manifest.json").read_text())
     return ExportResult(name, version, path, manifest, time.perf_counter() - t0)
 
@@ -157,4 +178,4 @@ def export_checkpoint(checkpoint_path, repository="exported", name: str | None =
     model, ckpt = model_from_checkpoint(checkpoint_path)
     return export_model(model, ckpt["config"], repository, name, checkpoint=checkpoint_path,
                         metrics=ckpt.get("metrics"), history=ckpt.get("history"),
-                        parity_images_n=parity_images, data_dir=data_dir, **kwargs)
+                        parity_images=parity_images, data_dir=data_dir, **kwargs)
