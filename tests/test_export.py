@@ -42,7 +42,7 @@ def test_every_model_exports_with_parity(name, tmp_path, fmnist_test, fmnist_dir
     torch.manual_seed(0)
     model = create_model(name).eval()
     cfg = config_for(model, fmnist_dir)
-    res = export_model(model, cfg, tmp_path, images=fmnist_test.images[:48], batch_sizes=(1, 16))
+    res = export_model(model, cfg, tmp_path, parity_images=48, batch_sizes=(1, 16))  # real test images, batch 1 and N
     m = res.manifest
     assert res.version == 1 and m["name"] == name and m["task"] == model.task
     expected = {"classifier", "gradcam"} if model.task == "classifier" and model.cam_layer else \
@@ -134,6 +134,10 @@ def test_corrupted_onnx_is_caught_by_sha256(tmp_path, fmnist_test, fmnist_dir):
     f.write_bytes(bytes(data))
     problems = verify_files(res.path)
     assert len(problems) == 1 and "sha256 mismatch" in problems[0]
+    (res.path / "extra.onnx").write_bytes(b"")
+    assert any("not listed" in p for p in verify_files(res.path))
+    (res.path / "manifest.json").write_text("{")
+    assert "unreadable" in verify_files(res.path)[0]
 
 
 def sabotage_exports(monkeypatch):
@@ -185,9 +189,11 @@ def test_crash_mid_export_keeps_previous_version(tmp_path, fmnist_test, fmnist_d
     assert verify_files(first.path) == []
 
 
-def test_export_cli(tmp_path, fmnist_dir):
+def test_export_cli(tmp_path, fmnist_dir, monkeypatch):
     model = create_model("lenet")
     cfg = config_for(model, fmnist_dir)
+    cfg["dataset"]["data_dir"] = str(tmp_path / "moved")  # trained elsewhere: the usual search finds the data
+    monkeypatch.setenv("GLASSBOX_DATA_DIR", str(fmnist_dir))
     for run in ("a", "b"):
         save_checkpoint(tmp_path / "runs" / run / "best.pt", {"model": model.state_dict(), "epoch": 1, "config": cfg})
     r = CliRunner().invoke(export_cli, [str(tmp_path / "runs"), "--repository", str(tmp_path / "repo"), "--parity-images", "16"])

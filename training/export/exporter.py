@@ -16,7 +16,7 @@ import onnxruntime
 import torch
 
 from ..checkpoint import model_from_checkpoint
-from ..data import load_dataset, preprocess, random_subset
+from ..data import DatasetNotFound, load_dataset, preprocess, random_subset
 from . import parity
 from .gradcam import build_gradcam_graph, reference_gradcam
 from .graphs import OPSET, ClassifierGraph, DecoderGraph, EncoderGraph, export_onnx, output_shapes
@@ -47,7 +47,15 @@ def _t(name, shape, dtype="float32"):
 def load_parity_images(config: dict, n: int, data_dir=None) -> np.ndarray:
     """``n`` real test images (uint8, a fixed random subset) of the checkpoint's dataset."""
     ds = config["dataset"]
-    test = load_dataset(ds["name"], split="test", data_dir=data_dir or ds.get("data_dir"))
+    if data_dir is not None:
+        test = load_dataset(ds["name"], split="test", data_dir=data_dir)
+    else:  # the directory the model was trained from, else the usual search (it may have moved)
+        try:
+            test = load_dataset(ds["name"], split="test", data_dir=ds.get("data_dir"))
+        except DatasetNotFound:
+            if ds.get("data_dir") is None:
+                raise
+            test = load_dataset(ds["name"], split="test")
     return random_subset(test, n, seed=0).images
 
 

@@ -62,13 +62,15 @@ def publish(tmp: Path, manifest: dict) -> tuple[int, Path]:
 
 
 def verify_files(version_dir: str | os.PathLike) -> list[str]:
-    """Problems with a published version: a missing manifest, missing files, sha256 mismatches."""
+    """Problems with a published version (empty when intact): an unreadable manifest, missing or
+    unlisted files, sha256 mismatches."""
     d = Path(version_dir)
     try:
         manifest = json.loads((d / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         return [f"{d / 'manifest.json'}: unreadable ({e})"]
-    problems = []
+    problems = [f"{d / p.name}: not listed in the manifest's files" for p in sorted(d.iterdir())
+                if p.name != "manifest.json" and p.name not in manifest.get("files", {})]
     for name, digest in manifest.get("files", {}).items():
         f = d / name
         if not f.is_file():
