@@ -149,7 +149,7 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
     with staging(Path(repository), name) as tmp:
         if model.task == "classifier":
             graphs = _export_classifier(model, tmp, x, name, record, batch_sizes)
-            layer_shapes = output_shapes(model, torch.from_numpy(x[:2]))
+            layer_shapes = {t["name"]: t["shape"] for t in graphs["classifier"]["outputs"]}
         else:
             graphs = _export_vae(model, tmp, x, name, record, batch_sizes)
             layer_shapes = {}
