@@ -43,6 +43,7 @@ class Batcher:
         self.wake = asyncio.Event()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{graph.triton_name}")
         self.task: asyncio.Task | None = None
+        self.last_jobs = 0  # requests merged into the previous batch
         # The gauge's child is looked up once: ``labels()`` on every request costs a lock.
         self.gauge = metrics.queue_depth.labels(graph.triton_name) if metrics else None
         self.sizes = metrics.batch_size.labels(graph.triton_name) if metrics else None
@@ -88,13 +89,23 @@ class Batcher:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            if self.max_delay_s and sum(j.n for j in self.queue) < self.max_batch:
-                await asyncio.sleep(self.max_delay_s)
+            # Adaptive delay: a lone request on an idle server runs at once (no added latency);
+            # under concurrent load (several queued, or the last batch merged several) wait up to
+            # max_delay for a fuller batch.
+            if self.max_delay_s and (len(self.queue) > 1 or self.last_jobs > 1):
+                limit = time.monotonic() + self.max_delay_s
+                while sum(j.n for j in self.queue) < self.max_batch and time.monotonic() < limit:
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), limit - time.monotonic())
+                    except asyncio.TimeoutError:
+                        break
             jobs = self._take()
             if self.gauge is not None:
                 self.gauge.set(len(self.queue))
             if not jobs:
                 continue
+            self.last_jobs = len(jobs)
             outputs = list(dict.fromkeys(o for j in jobs for o in j.outputs))
             names = jobs[0].feeds.keys()
             feeds = jobs[0].feeds if len(jobs) == 1 else {k: np.concatenate([j.feeds[k] for j in jobs]) for k in names}
