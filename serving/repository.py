@@ -27,6 +27,7 @@ class Graph:
     inputs: list[dict]        # manifest entries: name, shape (batch -1), dtype
     outputs: list[dict]
     max_batch_size: int
+    batch1_ms: float = float("inf")  # fastest batch-1 run at load
 
     @property
     def output_names(self) -> list[str]:
@@ -128,9 +129,11 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
                 # them than it saves; one thread leaves the other cores to the event loop.
                 sess = _session(path / g["file"], wanted, 1, inter_op_threads)
                 log.debug("%s/%s %s: small graph, 1 intra-op thread", model.name, model.version, gname)
-            _warm_ms(sess, g["inputs"])  # the first run allocates; do it before the first request
+            # The first runs allocate: do them before the first request; the time tells the batcher
+            # which batches are small enough to run without a thread hand-off.
+            batch1_ms = _warm_ms(sess, g["inputs"])
             model.graphs[gname] = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"],
-                                        int(model.manifest.get("max_batch_size", 256)))
+                                        int(model.manifest.get("max_batch_size", 256)), batch1_ms)
         used = {g.session.get_providers()[0] for g in model.graphs.values()}
         model.provider = ",".join(sorted(used))
         if wanted[0] not in used:  # say so loudly: a silent fall-back to CPU is a classic complaint

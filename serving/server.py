@@ -40,7 +40,7 @@ def _version() -> str:
 
 
 async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, metrics_port: int = 0,
-                max_batch: int | None = None, max_delay_us: int = 0, max_queue: int = 256,
+                max_batch: int | None = None, max_delay_us: int = 1000, max_queue: int = 256,
                 intra_op_threads: int = 0, inter_op_threads: int = 0, device: str = "auto",
                 max_message_mb: int = 64, grace: float = 10.0, tls_cert: str | None = None,
                 tls_key: str | None = None, ready: asyncio.Event | None = None,
@@ -121,7 +121,7 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
 @click.option("--port", default=8500, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one).")
 @click.option("--metrics-port", default=8501, type=click.IntRange(0, 65535), help="Prometheus metrics HTTP port (0 disables).")
 @click.option("--max-batch", default=None, type=click.IntRange(1), help="Largest merged batch per session.run [default: the manifest's max_batch_size].")
-@click.option("--max-delay-us", default=0, type=click.IntRange(0, 1_000_000), help="Under concurrent load, wait up to this long for more requests before running a partial batch; a lone request on an idle server never waits (0: never wait; requests arriving during a run form the next batch).")
+@click.option("--max-delay-us", default=1000, type=click.IntRange(0, 1_000_000), help="Under concurrent load, wait up to this long for more requests before running a partial batch; a lone request on an idle server never waits (0: never wait; requests arriving during a run form the next batch).")
 @click.option("--max-queue", default=256, type=click.IntRange(1), help="Requests allowed to wait per graph; beyond it calls get RESOURCE_EXHAUSTED.")
 @click.option("--intra-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads per operator (0: auto - one thread for graphs that run batch-1 in under 1 ms, where pool hand-offs cost more than they save; onnxruntime's default, one per core, otherwise).")
 @click.option("--inter-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads across operators (0: default).")
