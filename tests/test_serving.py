@@ -180,6 +180,12 @@ def test_health_and_reflection(server):
         resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in resp.list_services_response.service}
         assert {"glassbox.v1.Glassbox", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+        # grpcurl-style discovery: the descriptors themselves come back
+        for symbol, proto in (("glassbox.v1.Glassbox", "glassbox/v1/glassbox.proto"), ("inference.ModelInferRequest", "inference/grpc_service.proto")):
+            r = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)])))
+            assert r.file_descriptor_response.file_descriptor_proto, symbol
+            from google.protobuf import descriptor_pb2
+            assert descriptor_pb2.FileDescriptorProto.FromString(r.file_descriptor_response.file_descriptor_proto[0]).name == proto
 
 
 def test_tritonclient_v2(server, repository, images):
@@ -304,7 +310,8 @@ def test_metrics_endpoint(repository):
         assert stop_server(proc) == 0
 
 
-def test_sigterm_under_load_loses_no_accepted_call(repository, images):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_under_load_loses_no_accepted_call(repository, images, sig):
     proc, address = start_server(repository, "--grace", "20")
     x = preprocess(images[:4], {"channels": 1, "size": [28, 28], "mean": [0.286], "std": [0.353]})
     outcomes, lock = [], threading.Lock()
@@ -332,7 +339,9 @@ def test_sigterm_under_load_loses_no_accepted_call(repository, images):
     for t in threads:
         t.start()
     time.sleep(1.0)
-    code = stop_server(proc)
+    import signal
+    proc.send_signal(getattr(signal, sig))
+    code = proc.wait(timeout=30)
     for t in threads:
         t.join(timeout=30)
         assert not t.is_alive(), "a call hung"
@@ -360,9 +369,12 @@ def test_server_down_is_one_clear_error():
         GlassboxClient(f"127.0.0.1:{free_port()}", connect_timeout=0.5)
 
 
-def test_serving_imports_without_torch():
+@pytest.mark.parametrize("block", ["sys.modules", "import hook"])
+def test_serving_imports_without_torch(block):
     from conftest import BLOCK_TORCH
-    code = BLOCK_TORCH + "import serving.server, serving.client, serving.repository, serving.v2, serving.domain\nprint('ok')"
+    prelude = "import sys\nsys.modules['torch'] = None\n" if block == "sys.modules" else BLOCK_TORCH
+    code = prelude + ("import serving, serving.server, serving.client, serving.repository, serving.v2, serving.domain, "
+                      "serving.batcher, serving.tensors, serving.codegen\nprint('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
