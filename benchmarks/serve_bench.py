@@ -127,19 +127,31 @@ def main():
         try:
             print(f"\nserver: serve {a.server_args or '(defaults)'}; client: grpc.aio, batch-1 ModelInfer, {os.cpu_count()} CPUs shared")
             print(f"{'model':10s} {'mode':24s} {'images/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
+            got = {}
             for name in names:
                 shape = [-1, 1, 32, 32] if name in ("inception",) else [-1, 1, 28, 28]
                 graph = repo / name / "1" / "classifier.onnx"
                 for b in (1, 32):
-                    print(f"{name:10s} {'in-process ort batch ' + str(b):24s} {in_process(graph, shape, b, a.seconds):10.0f}", flush=True)
+                    got[name, "ort", b] = in_process(graph, shape, b, a.seconds)
+                    print(f"{name:10s} {'in-process ort batch ' + str(b):24s} {got[name, 'ort', b]:10.0f}", flush=True)
                 for c in map(int, a.concurrency.split(",")):
-                    ips, p50, p99 = asyncio.run(drive(address, name, shape, c, a.seconds))
+                    ips, p50, p99 = got[name, "grpc", c] = asyncio.run(drive(address, name, shape, c, a.seconds))
                     print(f"{name:10s} {'grpc concurrency ' + str(c):24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
                 r = subprocess.run([sys.executable, "-c", TRITON, address, name, ",".join(map(str, shape)), "32",
                                     str(a.seconds)], capture_output=True, text=True, cwd=ROOT)
                 print(f"{name:10s} {'tritonclient.aio c=32':24s} {r.stdout.split()[0] if r.returncode == 0 else 'FAILED ' + r.stderr[-200:]:>10s}", flush=True)
         finally:
             stop_server(proc)
+    targets = [("lenet c=32 >= 5000 images/s", lambda: got["lenet", "grpc", 32][0] >= 5000),
+               ("lenet c=1 p50 <= 1 ms", lambda: got["lenet", "grpc", 1][1] <= 1.0),
+               ("inception c=32 >= 70% of in-process batch 32",
+                lambda: got["inception", "grpc", 32][0] >= 0.7 * got["inception", "ort", 32])]
+    print()
+    for what, check in targets:
+        try:
+            print(f"target {what:46s} {'met' if check() else 'MISSED'}")
+        except KeyError:  # that model or concurrency was not measured
+            pass
 
 
 if __name__ == "__main__":
