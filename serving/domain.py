@@ -72,7 +72,7 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
         async def go():
             m = self.rt.model(request.name, request.version)
             _need(m, "classifier", "Embed")
-            valid = [layer["name"] for layer in m.manifest["layers"]] + ["logits", "probabilities"]
+            valid = m.graphs["classifier"].output_names  # the layers, logits and probabilities the graph exports
             if not request.layers:
                 raise InvalidArgument(f"no layer requested; layers: {', '.join(valid)}")
             unknown = [name for name in request.layers if name not in valid]

@@ -34,6 +34,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if version and not version.isdigit():
             raise InvalidArgument(f"model version must be an integer, got {version!r}")
         model = self.rt.model(model_name, int(version or 0))
+        if graph not in model.graphs:  # an older version exported without this graph
+            raise NotFound(f"model {name!r} version {model.version} has no {graph} graph")
         return model, model.graphs[graph]
 
     async def ServerLive(self, request, context):
