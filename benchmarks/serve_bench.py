@@ -118,7 +118,7 @@ def main():
     if a.export_only:  # the exporter checks Triton configs with tritonclient's protos: keep them out of this process
         export_models(Path(a.export_only), a.models.split(","))
         return
-    from conftest import free_port, start_server, stop_server  # the test suite's server launcher
+    from conftest import start_server, stop_server  # the test suite's server launcher
     names = a.models.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)

@@ -509,3 +509,46 @@ def test_tls_and_full_queue(repository, images, tmp_path):
                 health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=2)
     finally:
         assert stop_server(proc) == 0
+
+
+SLOW_LOAD = """
+import sys, time
+import serving.server as s
+real = s.Repository
+def slow(*args, **kwargs):  # loading takes 4 s more than it does
+    time.sleep(4)
+    return real(*args, **kwargs)
+s.Repository = slow
+sys.argv[0] = "serve"
+s.main()
+"""
+
+
+def test_not_serving_while_loading(repository):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_LOAD, "--repository", str(repository), "--port", str(port),
+                             "--metrics-port", "0", "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                except grpc.RpcError:
+                    time.sleep(0.1)
+                    continue
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING and "loading" not in seen:
+                    with pytest.raises(GlassboxError) as e:  # the domain API says why, and the client does not hang
+                        GlassboxClient(f"127.0.0.1:{port}", connect_timeout=5).list_models()
+                    assert e.value.code == grpc.StatusCode.UNAVAILABLE and "loading" in e.value.message
+                    seen.append("loading")
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    seen.append("serving")
+                    break
+                time.sleep(0.1)
+        assert seen == ["loading", "serving"], seen
+    finally:
+        assert stop_server(proc) == 0
