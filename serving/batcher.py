@@ -116,7 +116,7 @@ class Batcher:
             n = sum(j.n for j in jobs)
             try:
                 if n <= self.inline_images:
-                    results = self.graph.run(outputs, feeds)
+                    results = self.graph.run_small(outputs, feeds)
                 else:
                     results = await loop.run_in_executor(self.executor, self.graph.run, outputs, feeds)
             except Exception as e:  # onnxruntime failure: every job of the batch gets it

@@ -123,7 +123,7 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
 @click.option("--max-batch", default=None, type=click.IntRange(1), help="Largest merged batch per session.run [default: the manifest's max_batch_size].")
 @click.option("--max-delay-us", default=1000, type=click.IntRange(0, 1_000_000), help="Under concurrent load, wait up to this long for more requests before running a partial batch; a lone request on an idle server never waits (0: never wait; requests arriving during a run form the next batch).")
 @click.option("--max-queue", default=256, type=click.IntRange(1), help="Requests allowed to wait per graph; beyond it calls get RESOURCE_EXHAUSTED.")
-@click.option("--intra-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads per operator (0: auto - one thread for graphs that run batch-1 in under 1 ms, where pool hand-offs cost more than they save; onnxruntime's default, one per core, otherwise).")
+@click.option("--intra-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads per operator (0: auto - onnxruntime's default, one per core, and for graphs that run batch-1 in under 1 ms a second, one-thread session for the few-image batches, where pool hand-offs cost more than they save).")
 @click.option("--inter-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads across operators (0: default).")
 @click.option("--device", type=click.Choice(["auto", "cpu"]), default="auto", help="auto: CUDA provider when available, else CPU.")
 @click.option("--max-message-mb", default=64, type=click.IntRange(1, 2047), help="gRPC message size limit, both directions.")
