@@ -5,9 +5,10 @@ in a worker thread (onnxruntime releases the GIL), and meanwhile the event loop 
 requests, which form the next batch. Batches expected to take under ``INLINE_MS`` run on the loop
 itself: for a graph like LeNet the thread hand-off costs more than the run. ``max_delay``
 optionally waits a little for more work, adaptively: only under concurrent load (several
-requests queued, or the previous batch merged several), never for a lone request. Jobs ask for any outputs of the graph; the batch runs their union. The queue
-is bounded: a full queue refuses at once (RESOURCE_EXHAUSTED). A job whose deadline has passed
-is dropped before compute (DEADLINE_EXCEEDED); a cancelled call's job is skipped.
+requests queued, or the previous batch merged several), never for a lone request. Jobs ask for
+any outputs of the graph; the batch runs their union. The queue is bounded: a full queue refuses
+at once (RESOURCE_EXHAUSTED). A job whose deadline has passed is dropped before compute
+(DEADLINE_EXCEEDED); a cancelled call's job is skipped.
 """
 from __future__ import annotations
 

@@ -74,6 +74,13 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
         for name in ("", *SERVICES):
             await health_servicer.set(name, status)
 
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before listening, so a signal while loading is graceful too
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
+            pass
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("listening on %s:%d (health NOT_SERVING while loading)", host, bound)
@@ -81,10 +88,17 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
         metrics.serve_http(metrics_port, host)
         log.info("metrics on http://%s:%d/metrics", host, metrics_port)
 
-    loop = asyncio.get_running_loop()
+    load = loop.run_in_executor(None, lambda: Repository(repository, device=device, intra_op_threads=intra_op_threads,
+                                                         inter_op_threads=inter_op_threads))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not load.done():  # stopped while loading: nothing was accepted, so nothing to answer
+        log.info("stopped while loading models")
+        await server.stop(0)
+        return 0
+    stopped.cancel()
     try:
-        repo = await loop.run_in_executor(None, lambda: Repository(repository, device=device, intra_op_threads=intra_op_threads,
-                                                                    inter_op_threads=inter_op_threads))
+        repo = load.result()
     except Exception:
         await server.stop(0)
         raise
@@ -98,12 +112,6 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
         ready.port = bound  # tests read the bound port when asked for port 0
         ready.set()
 
-    stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
-            pass
     await stop.wait()
     log.info("shutting down: NOT_SERVING, refusing new calls, answering accepted ones (grace %.0fs)", grace)
     runtime.draining = True

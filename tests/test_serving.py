@@ -552,3 +552,17 @@ def test_not_serving_while_loading(repository):
         assert seen == ["loading", "serving"], seen
     finally:
         assert stop_server(proc) == 0
+    # A signal while loading is graceful too: exit 0, no traceback.
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_LOAD, "--repository", str(repository), "--port", str(port),
+                             "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:  # listening (and loading) once health answers
+        health = health_pb2_grpc.HealthStub(ch)
+        for _ in range(300):
+            try:
+                assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.NOT_SERVING
+                break
+            except grpc.RpcError:
+                time.sleep(0.1)
+    out = proc.communicate(timeout=30)[0] if stop_server(proc) is not None else ""
+    assert proc.returncode == 0 and "stopped while loading" in out and "Traceback" not in out, out
