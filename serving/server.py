@@ -128,10 +128,17 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
 @click.option("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 to accept remote clients.")
 @click.option("--port", default=8500, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one).")
 @click.option("--metrics-port", default=8501, type=click.IntRange(0, 65535), help="Prometheus metrics HTTP port (0 disables).")
-@click.option("--max-batch", default=None, type=click.IntRange(1), help="Largest merged batch per session.run [default: the manifest's max_batch_size].")
-@click.option("--max-delay-us", default=1000, type=click.IntRange(0, 1_000_000), help="Under concurrent load, wait up to this long for more requests before running a partial batch; a lone request on an idle server never waits (0: never wait; requests arriving during a run form the next batch).")
+@click.option("--max-batch", default=None, type=click.IntRange(1),
+              help="Largest merged batch per session.run [default: the manifest's max_batch_size].")
+@click.option("--max-delay-us", default=1000, type=click.IntRange(0, 1_000_000),
+              help="Under concurrent load, wait up to this long for more requests before running a partial batch; "
+                   "a lone request on an idle server never waits (0: never wait; requests arriving during a run "
+                   "form the next batch).")
 @click.option("--max-queue", default=256, type=click.IntRange(1), help="Requests allowed to wait per graph; beyond it calls get RESOURCE_EXHAUSTED.")
-@click.option("--intra-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads per operator (0: auto - onnxruntime's default, one per core, and for graphs that run batch-1 in under 1 ms a second, one-thread session for the few-image batches, where pool hand-offs cost more than they save).")
+@click.option("--intra-op-threads", default=0, type=click.IntRange(0),
+              help="onnxruntime threads per operator (0: auto - onnxruntime's default, one per core, and for graphs "
+                   "that run batch-1 in under 1 ms a second, one-thread session for the few-image batches, where "
+                   "pool hand-offs cost more than they save).")
 @click.option("--inter-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads across operators (0: default).")
 @click.option("--device", type=click.Choice(["auto", "cpu"]), default="auto", help="auto: CUDA provider when available, else CPU.")
 @click.option("--max-message-mb", default=64, type=click.IntRange(1, 2047), help="gRPC message size limit, both directions.")
