@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -100,7 +101,7 @@ class GlassboxClient:
         self.address, self.timeout, self.chunk = address, timeout, chunk
         limit = max_message_mb * 1024 * 1024
         self._message_limit = limit
-        self._max_batch: dict[str, int] = {}  # model -> its manifest's max_batch_size
+        self._manifests: dict[str, dict] = {}  # model -> its manifest (batch and message sizes for chunking)
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
         if tls_ca is not None:  # a server started with --tls-cert/--tls-key; tls_ca: its PEM CA (or the cert itself)
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca), options=options)
@@ -136,25 +137,32 @@ class GlassboxClient:
                 cls = ServerUnavailable if e.code() == grpc.StatusCode.UNAVAILABLE else GlassboxError
                 raise cls(e.code(), e.details() or "") from None
 
-    def _chunk_size(self, name: str, images) -> int:
-        """Images per request: within the model's max_batch_size and well inside the message limit."""
-        if name not in self._max_batch:
+    def _chunk_size(self, name: str, images, out_bytes: int = 0) -> int:
+        """Images per request: within the model's max_batch_size, and the request and the reply
+        (``out_bytes`` per image) well inside the message limit."""
+        if name not in self._manifests:
             try:
-                self._max_batch[name] = int(self.get_model(name).get("max_batch_size") or self.chunk)
+                self._manifests[name] = self.get_model(name)
             except GlassboxError:  # unknown or unserved model: the real call will say so
                 return self.chunk
-        size = min(self.chunk, self._max_batch[name])
+        size = min(self.chunk, int(self._manifests[name].get("max_batch_size") or self.chunk))
         per_image = images[0].nbytes if isinstance(images, np.ndarray) else max(map(len, images))
-        return max(1, min(size, int(self._message_limit * 0.9) // max(per_image, 1)))
+        return max(1, min(size, int(self._message_limit * 0.9) // max(per_image, out_bytes, 1)))
 
-    def _chunks(self, images, name: str | None = None):
+    def _chunks(self, images, name: str | None = None, out_bytes: int = 0):
         n = len(images)
         if n == 0:  # let the server say what is wrong with an empty batch
             yield images
             return
-        size = self._chunk_size(name, images) if name else self.chunk
+        size = self._chunk_size(name, images, out_bytes) if name else self.chunk
         for i in range(0, n, size):
             yield images[i:i + size]
+
+    def _layer_bytes(self, name: str, layers) -> int:
+        """Reply bytes per image of an Embed call, from the manifest's output shapes (0 if unknown)."""
+        graph = self._manifests.get(name, {}).get("graphs", {}).get("classifier", {})
+        shapes = {o["name"]: o.get("shape", []) for o in graph.get("outputs", [])}
+        return sum(4 * math.prod(abs(d) for d in shapes[layer][1:]) for layer in layers if layer in shapes)
 
     def list_models(self) -> list[ModelStatus]:
         r = self._call("ListModels", pb.ListModelsRequest())
@@ -180,7 +188,9 @@ class GlassboxClient:
     def embed(self, name: str, images, layers) -> dict[str, np.ndarray]:
         layers = [layers] if isinstance(layers, str) else list(layers)
         parts: dict[str, list] = {layer: [] for layer in layers}
-        for part in self._chunks(images, name):
+        if len(images) and name not in self._manifests:
+            self._chunk_size(name, images)  # fetches the manifest
+        for part in self._chunks(images, name, self._layer_bytes(name, layers)):
             r = self._call("Embed", pb.EmbedRequest(name=name, images=_images(part), layers=layers))
             for layer in layers:
                 parts[layer].append(_arr(r.embeddings[layer]))

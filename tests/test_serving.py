@@ -566,3 +566,13 @@ def test_not_serving_while_loading(repository):
                 time.sleep(0.1)
     out = proc.communicate(timeout=30)[0] if stop_server(proc) is not None else ""
     assert proc.returncode == 0 and "stopped while loading" in out and "Traceback" not in out, out
+
+
+def test_client_chunks_by_reply_size(server, repository, images):
+    """conv1 of 256 LeNet images is ~4.8 MB; with a 2 MiB message limit the client must split the
+    Embed calls by the size of the reply, not just the request."""
+    x = preprocess(np.resize(images, (256, 28, 28)), manifest(repository, "lenet")["preprocessing"])
+    with GlassboxClient(server, max_message_mb=2) as small:
+        emb = small.embed("lenet", x, ["conv1"])
+    assert emb["conv1"].shape == (256, 6, 28, 28)
+    np.testing.assert_allclose(emb["conv1"], ort_run(repository, "lenet", "classifier", {"input": x})["conv1"], rtol=1e-5, atol=1e-5)
