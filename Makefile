@@ -8,7 +8,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PROFILE ?= quick
 OUT     ?= runs/$(PROFILE)
 
-.PHONY: setup data demo test train-full bench clean
+.PHONY: setup data browser demo test train-full bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,14 +22,22 @@ setup: $(STAMP) data
 data:
 	@if [ ! -f $(FMNIST) ] && [ -z "$$GLASSBOX_DATA_DIR" ]; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1; \
 	  else echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' or set GLASSBOX_DATA_DIR"; fi; \
+	fi
+
+# The report test renders the HTML report in headless Chromium (Debian's chromium package).
+browser:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; \
+	  else echo "Chromium not found: run 'sudo apt-get install chromium' (the HTML report test needs it)"; fi; \
 	fi
 
 demo: setup
 	scripts/demo.sh
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -ra
 
 train-full: setup

@@ -81,7 +81,9 @@ class Batcher:
 
     def _take(self) -> list[Job]:
         jobs, images, now = [], 0, time.monotonic()
-        while self.queue and images + self.queue[0].n <= self.max_batch:
+        # max_batch caps merging, not a request: a job larger than it (valid per the manifest, above
+        # the server's --max-batch) runs alone, so the head of the queue is always taken.
+        while self.queue and (not jobs or images + self.queue[0].n <= self.max_batch):
             job = self.queue.popleft()
             if job.future.done():  # cancelled by the client: no work
                 continue

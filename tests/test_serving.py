@@ -255,11 +255,16 @@ def test_batcher_drops_expired_and_cancelled_jobs_and_bounds_its_queue():
         parts = [b.submit({"input": np.full((k, 3), k, np.float32)}, ["y"], k, None) for k in (1, 2, 3)]
         results = await asyncio.gather(blocker, *parts)
         assert [r["y"].tolist() for r in results[1:]] == [[[2.0 * k] * 3] * k for k in (1, 2, 3)]
+        # A job above max_batch (the server's --max-batch may sit below the manifest's) runs alone
+        # instead of waiting forever at the head of the queue.
+        big, small = b.submit({"input": np.ones((12, 3), np.float32)}, ["y"], 12, None), b.submit({"input": one}, ["y"], 1, None)
+        got = await asyncio.wait_for(asyncio.gather(big, small), 5)
+        assert [len(r["y"]) for r in got] == [12, 1]
         await b.stop()
         return g.calls
 
     calls = asyncio.run(scenario())
-    assert calls == [1, 1, 6], f"the expired and the cancelled job must not reach the model; queued jobs merge: {calls}"
+    assert calls == [1, 1, 6, 12, 1], f"the expired and the cancelled job must not reach the model; queued jobs merge: {calls}"
 
 
 LOAD = """
@@ -459,7 +464,8 @@ def test_deadline_behind_a_busy_queue(server, repository, images):
 
 
 def test_tls_and_full_queue(repository, images, tmp_path):
-    """A second server: TLS on, one queued request per graph, so concurrent calls are refused at once."""
+    """A second server: TLS on, one queued request per graph (concurrent calls are refused at once),
+    a 1 MiB message limit."""
     import shutil
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -474,7 +480,8 @@ def test_tls_and_full_queue(repository, images, tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repository), "--port", str(port),
                              "--metrics-port", "0", "--log-level", "WARNING", "--tls-cert", str(cert), "--tls-key", str(key),
-                             "--max-queue", "1", "--max-batch", "64"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--max-queue", "1", "--max-batch", "64", "--max-message-mb", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = f"127.0.0.1:{port}"
     creds = grpc.ssl_channel_credentials(cert.read_bytes())
     try:
@@ -502,6 +509,13 @@ def test_tls_and_full_queue(repository, images, tmp_path):
                     if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                         assert "queue is full" in e.details()
             assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+            big = np.zeros((200, 1, 28, 28), np.float32)  # 627 KB of floats: fine; 2 MB: over this server's 1 MiB
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Classify(pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=[200, 1, 28, 28],
+                                                                                              data=big.tobytes() * 4))), timeout=30)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(stub.Classify(pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(
+                shape=[200, 1, 28, 28], data=big.tobytes())))).predictions) == 200
         with GlassboxClient(address, tls_ca=cert.read_bytes()) as c:  # the typed client over TLS; the server still answers
             assert c.classify("lenet", x[:2]).indices.shape == (2, 5)
         with grpc.insecure_channel(address) as plain:  # plaintext is not accepted on a TLS port
