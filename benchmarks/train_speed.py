@@ -12,6 +12,8 @@ training images per second (forward, backward, step), measured after one warm-up
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.config import resolve_config
 from training.data import load_dataset, preprocess, random_subset
-from training.engine import build_optimizer, build_scheduler, preprocessing_spec, train_one_epoch
+from training.engine import build_optimizer, build_scheduler, preprocessing_spec, train_one_epoch, tune_allocator
 from training.models import create_model
 
 RUNS = [("lenet", {}), ("resnet", {"width": 16, "depth": 1}), ("resnet", {"width": 24, "depth": 2})]
@@ -92,30 +94,69 @@ def engine(name, args, ds, n_images, batch_size, augment):
     return (n_images // batch_size) * batch_size / (time.perf_counter() - t0)
 
 
+COLUMNS = [  # (heading, mode, batch size, augment)
+    ("seeds b32", "seeds", 32, False), ("numpy b32", "numpy", 32, False),
+    ("engine b32", "engine", 32, False), ("engine b128", "engine", 128, False),
+    ("engine b256", "engine", 256, False), ("+aug b128", "engine", 128, True),
+    ("b128 glibc", "untuned", 128, False),
+]
+
+
+def measure(mode: str, run: int, batch: int, augment: bool, n_images: int, data_dir) -> float:
+    """One figure, in this (fresh) process: the allocator tuning is process wide, so it is applied
+    only where the engine runs as ``fit`` runs it, never before a baseline."""
+    name, args = RUNS[run]
+    ds = load_dataset("fashion-mnist", split="train", data_dir=data_dir)
+    spec = preprocessing_spec(resolve_config({"model": {"name": name, "args": args}}), create_model(name, **args))
+    if mode in ("seeds", "numpy"):
+        return naive(name, args, ds, spec, n_images, SeedsDataset if mode == "seeds" else PerSampleDataset)
+    if mode == "engine":
+        tune_allocator()
+    return engine(name, args, ds, n_images, batch, augment)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=20_000, help="training images per measurement (lenet)")
+    p.add_argument("--images", type=int, default=20_000, help="training images per measurement (lenet; resnets use 1/8)")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per figure; the median is shown")
+    p.add_argument("--models", default="0,1,2", help="rows to run, as indices into: " +
+                   ", ".join(f"{i}={n}{a or ''}" for i, (n, a) in enumerate(RUNS)))
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: the usual search)")
+    p.add_argument("--one", nargs=4, default=None, help=argparse.SUPPRESS)  # mode run batch augment
     a = p.parse_args()
-    ds = load_dataset("fashion-mnist", split="train", data_dir=a.data_dir)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, Fashion-MNIST train")
-    print(f"{'model':26s} {'seeds b32':>10s} {'numpy b32':>10s} {'engine b32':>11s} {'engine b128':>12s} "
-          f"{'engine b256':>12s} {'+aug b128':>10s} {'b128 vs seeds':>14s}")
-    for name, args in RUNS:
-        n = a.images if name == "lenet" else max(2_560, a.images // 8)
-        spec = preprocessing_spec(resolve_config({"model": {"name": name, "args": args}}), create_model(name, **args))
-        base = naive(name, args, ds, spec, n)
-        kind = naive(name, args, ds, spec, n, PerSampleDataset)
-        e32 = engine(name, args, ds, n, 32, False)
-        e128 = engine(name, args, ds, n, 128, False)
-        e256 = engine(name, args, ds, n, 256, False)
-        aug = engine(name, args, ds, n, 128, True)
+    if a.one:
+        mode, run, batch, aug = a.one
+        n = a.images if RUNS[int(run)][0] == "lenet" else max(2_560, a.images // 8)
+        print(measure(mode, int(run), int(batch), aug == "1", n, a.data_dir))
+        return
+    load_dataset("fashion-mnist", split="train", data_dir=a.data_dir)  # a missing dataset fails here, once
+    rows = [int(r) for r in a.models.split(",")]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, Fashion-MNIST train, "
+          f"median of {a.repeats} fresh processes per figure")
+    figures: dict[tuple[int, str], list[float]] = {}
+    cmd = [sys.executable, __file__, "--images", str(a.images)] + (["--data-dir", a.data_dir] if a.data_dir else [])
+    for rep in range(a.repeats):  # repeats outermost: a noisy minute spreads over every column
+        for r in rows:
+            for head, mode, batch, aug in COLUMNS:
+                out = subprocess.run(cmd + ["--one", mode, str(r), str(batch), str(int(aug))],
+                                     capture_output=True, text=True, check=True)
+                figures.setdefault((r, head), []).append(float(out.stdout.split()[-1]))
+        print(f"  pass {rep + 1}/{a.repeats} done", file=sys.stderr, flush=True)
+    heads = [c[0] for c in COLUMNS] + ["b128 vs seeds", "b256 vs seeds"]
+    print(f"{'model':26s} " + " ".join(f"{h:>13s}" for h in heads))
+    for r in rows:
+        name, args = RUNS[r]
+        med = {h: float(np.median(figures[r, h])) for h, *_ in COLUMNS}
         label = name + (" " + ",".join(f"{k}={v}" for k, v in args.items()) if args else "")
-        print(f"{label:26s} {base:10.0f} {kind:10.0f} {e32:11.0f} {e128:12.0f} {e256:12.0f} {aug:10.0f} {e128 / base:13.1f}x",
-              flush=True)
+        cells = [f"{med[h]:13.0f}" for h, *_ in COLUMNS] + \
+                [f"{med['engine b128'] / med['seeds b32']:12.1f}x", f"{med['engine b256'] / med['seeds b32']:12.1f}x"]
+        print(f"{label:26s} " + " ".join(cells), flush=True)
+        spread = "; ".join(f"{h} {min(figures[r, h]):.0f}-{max(figures[r, h]):.0f}" for h, *_ in COLUMNS)
+        print(f"{'':26s} range: {spread}")
     print("images/second, training (forward + backward + optimizer step). seeds = torchvision-style per-sample Dataset "
           "(PIL, ToTensor, Normalize) + DataLoader(batch 32); numpy = per-sample numpy->tensor Dataset + DataLoader(batch 32); "
-          "engine = training.engine.train_one_epoch on preloaded tensors (default batch 128)")
+          "engine = training.engine.train_one_epoch on preloaded tensors with the allocator tuned as fit() does; "
+          "b128 glibc = the engine at batch 128 with glibc's default allocator")
 
 
 if __name__ == "__main__":
