@@ -57,7 +57,7 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Directory holding the dataset files (else $GLASSBOX_DATA_DIR, then system locations).")
 @click.option("--subset", type=int, default=None, help="Train on a random subset of this many training images.")
 @click.option("--val-fraction", type=float, default=0.1, help="Fraction of the training set held out for validation (model selection).")
-@click.option("--longtail", is_flag=True, help="Keep only 10%% of classes 0-4 (the long-tail CIFAR-10 variant).")
+@click.option("--longtail", is_flag=True, help="Keep only 10% of classes 0-4 (the long-tail CIFAR-10 variant).")
 @click.option("--epochs", type=int, default=10, help="Number of epochs.")
 @click.option("--batch-size", type=int, default=128, help="Training batch size.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", help="Optimizer (SGD uses Nesterov momentum).")
