@@ -7,6 +7,11 @@ starts `serve` as a subprocess, and drives it with an asyncio gRPC client (KServ
 batch-1 requests, output `logits`) at concurrency 1, 8, 32 and 64. Beside it: in-process
 onnxruntime on the same graph at batch 1 and batch 32. Finally tritonclient's asyncio client
 (in a subprocess: its protos and ours share names) confirms the v2 endpoint and is timed too.
+
+A Python gRPC client spends about as much CPU per call as the server, so on 2 cores it measures
+itself too. Where ``benchmarks/loadgen/build.sh`` can build the C++ async client (Debian's
+libgrpc++-dev), the same points are measured with it, and so is the ceiling of the stack itself:
+a no-op grpc.aio server that answers ModelInfer with a pre-serialized reply (``--no-floor`` skips it).
 """
 from __future__ import annotations
 
@@ -107,12 +112,64 @@ asyncio.run(main(sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",
 """
 
 
+NOOP = """
+import asyncio, sys, grpc
+async def serve(port, reply):
+    async def infer(request, context):  # no parsing, no work: what grpc.aio alone costs per call
+        return reply
+    h = grpc.method_handlers_generic_handler("inference.GRPCInferenceService",
+                                             {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})
+    s = grpc.aio.server(); s.add_generic_rpc_handlers((h,)); s.add_insecure_port(f"127.0.0.1:{port}")
+    await s.start(); await s.wait_for_termination()
+asyncio.run(serve(int(sys.argv[1]), bytes.fromhex(sys.argv[2])))
+"""
+
+
+def loadgen_binary() -> Path | None:
+    r = subprocess.run([str(ROOT / "benchmarks/loadgen/build.sh")], capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        print(f"(C++ load generator not built: {(r.stderr or r.stdout).strip()[-200:]})")
+        return None
+    return ROOT / "build/loadgen"
+
+
+def loadgen(binary: Path, address: str, model: str, shape, concurrency: int, seconds: float) -> tuple[float, float, float]:
+    """requests/s, p50 ms, p99 ms from the C++ client (one channel, as the Python client)."""
+    out = subprocess.run([str(binary), address, model, ",".join(map(str, shape[1:])), "logits", str(concurrency),
+                          str(seconds), "1"], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1]), float(out[2])
+
+
+def noop_floor(binary: Path | None, seconds: float) -> None:
+    """The grpc.aio stack's own ceiling here: a server that does nothing per call."""
+    from conftest import free_port
+
+    from serving._generated.inference import grpc_service_pb2 as pb
+    reply = pb.ModelInferResponse(model_name="lenet", outputs=[pb.ModelInferResponse.InferOutputTensor(
+        name="logits", datatype="FP32", shape=[1, 10])], raw_output_contents=[bytes(40)]).SerializeToString()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", NOOP, str(port), reply.hex()])
+    try:
+        time.sleep(2)
+        address = f"127.0.0.1:{port}"
+        ips, p50, p99 = asyncio.run(drive(address, "lenet", [-1, 1, 28, 28], 32, seconds))
+        print(f"{'no-op':10s} {'grpc.aio py client c=32':24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+        if binary:
+            ips, p50, p99 = loadgen(binary, address, "lenet", [-1, 1, 28, 28], 32, seconds)
+            print(f"{'no-op':10s} {'C++ client c=32':24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement time per point")
     ap.add_argument("--models", default="lenet,inception", help="registry models to serve")
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--server-args", default="", help="extra serve options, e.g. '--intra-op-threads 1'")
+    ap.add_argument("--no-cpp", action="store_true", help="skip the C++ client rows")
+    ap.add_argument("--no-floor", action="store_true", help="skip the no-op server rows")
     ap.add_argument("--export-only", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.export_only:  # the exporter checks Triton configs with tritonclient's protos: keep them out of this process
@@ -123,6 +180,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         subprocess.run([sys.executable, __file__, "--export-only", str(repo), "--models", a.models], check=True)
+        binary = None if a.no_cpp else loadgen_binary()
         proc, address = start_server(repo, *a.server_args.split())
         try:
             print(f"\nserver: serve {a.server_args or '(defaults)'}; client: grpc.aio, batch-1 ModelInfer, {os.cpu_count()} CPUs shared")
@@ -137,12 +195,19 @@ def main():
                 for c in map(int, a.concurrency.split(",")):
                     ips, p50, p99 = got[name, "grpc", c] = asyncio.run(drive(address, name, shape, c, a.seconds))
                     print(f"{name:10s} {'grpc concurrency ' + str(c):24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+                if binary:
+                    for c in map(int, a.concurrency.split(",")):
+                        ips, p50, p99 = got[name, "cpp", c] = loadgen(binary, address, name, shape, c, a.seconds)
+                        print(f"{name:10s} {'C++ client c=' + str(c):24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
                 r = subprocess.run([sys.executable, "-c", TRITON, address, name, ",".join(map(str, shape)), "32",
                                     str(a.seconds)], capture_output=True, text=True, cwd=ROOT)
                 print(f"{name:10s} {'tritonclient.aio c=32':24s} {r.stdout.split()[0] if r.returncode == 0 else 'FAILED ' + r.stderr[-200:]:>10s}", flush=True)
         finally:
             stop_server(proc)
+    if not a.no_floor:
+        noop_floor(binary, a.seconds)
     targets = [("lenet c=32 >= 5000 images/s", lambda: got["lenet", "grpc", 32][0] >= 5000),
+               ("lenet c=32 >= 5000 images/s (C++ client)", lambda: got["lenet", "cpp", 32][0] >= 5000),
                ("lenet c=1 p50 <= 1 ms", lambda: got["lenet", "grpc", 1][1] <= 1.0),
                ("inception c=32 >= 70% of in-process batch 32",
                 lambda: got["inception", "grpc", 32][0] >= 0.7 * got["inception", "ort", 32])]
