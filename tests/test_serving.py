@@ -219,6 +219,7 @@ def test_tritonclient_v2(server, repository, images):
     assert c.is_server_live()
 
 
+@pytest.mark.timeout(60)  # a batcher that spins (a job it can never take) fails here, not at the suite's limit
 def test_batcher_drops_expired_and_cancelled_jobs_and_bounds_its_queue():
     from serving.batcher import Batcher
     from serving.errors import DeadlineExceeded, ResourceExhausted
