@@ -129,7 +129,8 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
 @click.option("--port", default=8500, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one).")
 @click.option("--metrics-port", default=8501, type=click.IntRange(0, 65535), help="Prometheus metrics HTTP port (0 disables).")
 @click.option("--max-batch", default=None, type=click.IntRange(1),
-              help="Largest merged batch per session.run [default: the manifest's max_batch_size].")
+              help="Largest merged batch per session.run [default: the manifest's max_batch_size]; a single "
+                   "request above it (the manifest allows it) runs alone.")
 @click.option("--max-delay-us", default=1000, type=click.IntRange(0, 1_000_000),
               help="Under concurrent load, wait up to this long for more requests before running a partial batch; "
                    "a lone request on an idle server never waits (0: never wait; requests arriving during a run "
