@@ -18,20 +18,21 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) data
 
+# $(call apt_or_hint,PACKAGE,HINT): install a Debian package when apt can be used, else print HINT.
+apt_or_hint = if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq $(1)) >/dev/null 2>&1; \
+	else echo "$(2)"; fi
+
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package when apt can be used.
 data:
 	@if [ ! -f $(FMNIST) ] && [ -z "$$GLASSBOX_DATA_DIR" ]; then \
-	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1; \
-	  else echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' or set GLASSBOX_DATA_DIR"; fi; \
+	  $(call apt_or_hint,dataset-fashion-mnist,Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' or set GLASSBOX_DATA_DIR); \
 	fi
 
 # The report test renders the HTML report in headless Chromium (Debian's chromium package).
 browser:
 	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
-	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; \
-	  else echo "Chromium not found: run 'sudo apt-get install chromium' (the HTML report test needs it)"; fi; \
+	  $(call apt_or_hint,chromium,Chromium not found: run 'sudo apt-get install chromium' (the HTML report test needs it)); \
 	fi
 
 demo: setup

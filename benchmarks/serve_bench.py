@@ -125,6 +125,11 @@ asyncio.run(serve(int(sys.argv[1]), bytes.fromhex(sys.argv[2])))
 """
 
 
+def row(model: str, mode: str, ips: float, p50: float | None = None, p99: float | None = None) -> None:
+    tail = f" {p50:8.2f} {p99:8.2f}" if p50 is not None else ""
+    print(f"{model:10s} {mode:24s} {ips:10.0f}{tail}", flush=True)
+
+
 def loadgen_binary() -> Path | None:
     r = subprocess.run([str(ROOT / "benchmarks/loadgen/build.sh")], capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
@@ -149,14 +154,14 @@ def noop_floor(binary: Path | None, seconds: float) -> None:
         name="logits", datatype="FP32", shape=[1, 10])], raw_output_contents=[bytes(40)]).SerializeToString()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", NOOP, str(port), reply.hex()])
+    address = f"127.0.0.1:{port}"
     try:
-        time.sleep(2)
-        address = f"127.0.0.1:{port}"
-        ips, p50, p99 = asyncio.run(drive(address, "lenet", [-1, 1, 28, 28], 32, seconds))
-        print(f"{'no-op':10s} {'grpc.aio py client c=32':24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+        import grpc
+        with grpc.insecure_channel(address) as ch:
+            grpc.channel_ready_future(ch).result(timeout=30)
+        row("no-op", "grpc.aio py client c=32", *asyncio.run(drive(address, "lenet", [-1, 1, 28, 28], 32, seconds)))
         if binary:
-            ips, p50, p99 = loadgen(binary, address, "lenet", [-1, 1, 28, 28], 32, seconds)
-            print(f"{'no-op':10s} {'C++ client c=32':24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+            row("no-op", "C++ client c=32", *loadgen(binary, address, "lenet", [-1, 1, 28, 28], 32, seconds))
     finally:
         proc.kill()
         proc.wait()
@@ -191,14 +196,14 @@ def main():
                 graph = repo / name / "1" / "classifier.onnx"
                 for b in (1, 32):
                     got[name, "ort", b] = in_process(graph, shape, b, a.seconds)
-                    print(f"{name:10s} {'in-process ort batch ' + str(b):24s} {got[name, 'ort', b]:10.0f}", flush=True)
+                    row(name, f"in-process ort batch {b}", got[name, "ort", b])
                 for c in map(int, a.concurrency.split(",")):
-                    ips, p50, p99 = got[name, "grpc", c] = asyncio.run(drive(address, name, shape, c, a.seconds))
-                    print(f"{name:10s} {'grpc concurrency ' + str(c):24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+                    got[name, "grpc", c] = asyncio.run(drive(address, name, shape, c, a.seconds))
+                    row(name, f"grpc concurrency {c}", *got[name, "grpc", c])
                 if binary:
                     for c in map(int, a.concurrency.split(",")):
-                        ips, p50, p99 = got[name, "cpp", c] = loadgen(binary, address, name, shape, c, a.seconds)
-                        print(f"{name:10s} {'C++ client c=' + str(c):24s} {ips:10.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+                        got[name, "cpp", c] = loadgen(binary, address, name, shape, c, a.seconds)
+                        row(name, f"C++ client c={c}", *got[name, "cpp", c])
                 r = subprocess.run([sys.executable, "-c", TRITON, address, name, ",".join(map(str, shape)), "32",
                                     str(a.seconds)], capture_output=True, text=True, cwd=ROOT)
                 print(f"{name:10s} {'tritonclient.aio c=32':24s} {r.stdout.split()[0] if r.returncode == 0 else 'FAILED ' + r.stderr[-200:]:>10s}", flush=True)

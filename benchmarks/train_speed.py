@@ -94,28 +94,25 @@ def engine(name, args, ds, n_images, batch_size, augment):
     return (n_images // batch_size) * batch_size / (time.perf_counter() - t0)
 
 
-COLUMNS = [  # (heading, mode, batch size, augment)
-    ("seeds b32", "seeds", 32, False), ("seeds tuned", "seeds+tuned", 32, False), ("numpy b32", "numpy", 32, False),
-    ("engine b32", "engine", 32, False), ("engine b128", "engine", 128, False),
-    ("engine b256", "engine", 256, False), ("+aug b128", "engine", 128, True),
-    ("b128 glibc", "untuned", 128, False),
+COLUMNS = [  # (heading, pipeline, batch size, augment, allocator tuned as fit() tunes it)
+    ("seeds b32", "seeds", 32, False, False), ("seeds tuned", "seeds", 32, False, True),
+    ("numpy b32", "numpy", 32, False, False), ("engine b32", "engine", 32, False, True),
+    ("engine b128", "engine", 128, False, True), ("engine b256", "engine", 256, False, True),
+    ("+aug b128", "engine", 128, True, True), ("b128 glibc", "engine", 128, False, False),
 ]
 
 
-def measure(mode: str, run: int, batch: int, augment: bool, n_images: int, data_dir) -> float:
-    """One figure, in this (fresh) process: the allocator tuning is process wide, so it is applied
-    only where the engine runs as ``fit`` runs it, never before a baseline."""
+def measure(pipeline: str, run: int, batch: int, augment: bool, tuned: bool, n_images: int, data_dir) -> float:
+    """One figure, in this (fresh) process: the allocator tuning is process wide, so each column
+    gets a process with or without it."""
     name, args = RUNS[run]
     ds = load_dataset("fashion-mnist", split="train", data_dir=data_dir)
     spec = preprocessing_spec(resolve_config({"model": {"name": name, "args": args}}), create_model(name, **args))
-    if mode.endswith("+tuned"):  # the baseline with fit()'s allocator tuning, to show what the data path alone gives
-        mode = mode.split("+")[0]
+    if tuned:
         tune_allocator()
-    if mode in ("seeds", "numpy"):
-        return naive(name, args, ds, spec, n_images, SeedsDataset if mode == "seeds" else PerSampleDataset)
-    if mode == "engine":
-        tune_allocator()
-    return engine(name, args, ds, n_images, batch, augment)
+    if pipeline == "engine":
+        return engine(name, args, ds, n_images, batch, augment)
+    return naive(name, args, ds, spec, n_images, SeedsDataset if pipeline == "seeds" else PerSampleDataset)
 
 
 def main():
@@ -125,12 +122,12 @@ def main():
     p.add_argument("--models", default="0,1,2", help="rows to run, as indices into: " +
                    ", ".join(f"{i}={n}{a or ''}" for i, (n, a) in enumerate(RUNS)))
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: the usual search)")
-    p.add_argument("--one", nargs=4, default=None, help=argparse.SUPPRESS)  # mode run batch augment
+    p.add_argument("--one", nargs=5, default=None, help=argparse.SUPPRESS)  # pipeline run batch augment tuned
     a = p.parse_args()
     if a.one:
-        mode, run, batch, aug = a.one
+        pipeline, run, batch, aug, tuned = a.one
         n = a.images if RUNS[int(run)][0] == "lenet" else max(2_560, a.images // 8)
-        print(measure(mode, int(run), int(batch), aug == "1", n, a.data_dir))
+        print(measure(pipeline, int(run), int(batch), aug == "1", tuned == "1", n, a.data_dir))
         return
     load_dataset("fashion-mnist", split="train", data_dir=a.data_dir)  # a missing dataset fails here, once
     rows = [int(r) for r in a.models.split(",")]
@@ -140,8 +137,8 @@ def main():
     cmd = [sys.executable, __file__, "--images", str(a.images)] + (["--data-dir", a.data_dir] if a.data_dir else [])
     for rep in range(a.repeats):  # repeats outermost: a noisy minute spreads over every column
         for r in rows:
-            for head, mode, batch, aug in COLUMNS:
-                out = subprocess.run(cmd + ["--one", mode, str(r), str(batch), str(int(aug))],
+            for head, pipeline, batch, aug, tuned in COLUMNS:
+                out = subprocess.run(cmd + ["--one", pipeline, str(r), str(batch), str(int(aug)), str(int(tuned))],
                                      capture_output=True, text=True, check=True)
                 figures.setdefault((r, head), []).append(float(out.stdout.split()[-1]))
         print(f"  pass {rep + 1}/{a.repeats} done", file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ best checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -29,6 +30,7 @@ from .curves import plot_history
 from .models import create_model
 
 
+@functools.cache  # process wide: once is enough, however many runs train-all fits
 def tune_allocator() -> bool:
     """Keep freed tensor memory in glibc's heap instead of returning it to the OS.
 
@@ -104,13 +106,12 @@ def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
     else:
         cls, kw = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam, "adamw": torch.optim.AdamW}[o["name"]], {}
     # The fused kernels (one pass over every parameter, CPU and CUDA) make the step ~10% of a
-    # LeNet batch-128 step cheaper here; NAdam has none, and a device without them falls back.
-    if cls is not torch.optim.NAdam:
-        try:
-            return cls(groups, lr=lr, fused=True, **kw)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    return cls(groups, lr=lr, **kw)
+    # LeNet batch-128 step cheaper here; NAdam has none (TypeError) and a device without them
+    # refuses (RuntimeError): both fall back to the default implementation.
+    try:
+        return cls(groups, lr=lr, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(groups, lr=lr, **kw)
 
 
 def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, steps_per_epoch: int):
