@@ -17,7 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from serving.client import GlassboxClient, GlassboxError
-from training.data import DatasetError, load_dataset, preprocess
+from glassbox.data import DatasetError, load_dataset, preprocess
+from glassbox.io import write_json  # noqa: F401  (the analysis commands' JSON writer)
 
 
 def connect(server: str, timeout: float = 120.0) -> GlassboxClient:
@@ -53,39 +54,6 @@ def unit_images(man: dict, images: np.ndarray) -> np.ndarray:
     """uint8 images -> [N, C, H, W] in [0, 1] at the model's size and channels (for display and VAEs)."""
     spec = man["preprocessing"]
     return preprocess(images, {**spec, "mean": [0.0] * spec["channels"], "std": [1.0] * spec["channels"]})
-
-
-def plain(obj):
-    """numpy scalars/arrays -> Python, NaN/inf -> None: strict JSON that browsers and jq accept."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
-
-
-def write_json(path: Path, obj) -> Path:
-    """Atomic (temp file + rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(plain(obj), f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 def call(fn, *args, **kwargs):

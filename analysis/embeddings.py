@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from training.data import class_balanced_sample
+from glassbox.data import class_balanced_sample
 
 from . import metrics, plots
 from .common import batched, model_input, unit_images, write_json

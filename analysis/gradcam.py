@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from training.data import class_balanced_sample
+from glassbox.data import class_balanced_sample
 
 from . import metrics, plots
 from .common import batched, model_input, unit_images, write_json

@@ -146,15 +146,3 @@ def normalize_maps(cams: np.ndarray) -> np.ndarray:
     span = hi - lo
     out = np.where(span > 0, (cams - lo) / np.where(span > 0, span, 1), 0.0)
     return out.astype(np.float32)
-
-
-def balanced_indices(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
-    """Indices of up to `per_class` random items of every class, sorted by class then position."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        take = min(per_class, len(idx))
-        out.append(np.sort(rng.choice(idx, take, replace=False)))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

@@ -17,22 +17,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-DPI = 130
+from glassbox.plots import curves_figure, save  # noqa: E402,F401  (one saver, one curves figure)
+
 HEATMAP_CMAP = "inferno"       # perceptually uniform, reads in grayscale too
+WEIGHTS_CMAP = "RdBu_r"        # diverging: the sign of a weight matters as much as its size
+FEATURES_CMAP = "viridis"      # activations after ReLU are >= 0: sequential
 CONFUSION_CMAP = "Blues"       # sequential counts
 LEGEND_MAX_CLASSES = 20        # above this a legend is unreadable; colours stay, legend goes
-
-
-def save(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Write `fig` as PNG (white background, tight bounding box) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return path
 
 
 def class_colors(n: int) -> np.ndarray:
@@ -254,31 +249,6 @@ def image_grid(images: np.ndarray, titles: list[str] | None = None, ncols: int =
     return fig
 
 
-def curves_figure(history: list[dict], title: str = "Training curves"):
-    """Loss and accuracy per epoch (train and val when present)."""
-    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, kind in zip(axes, ("loss", "acc")):
-        drawn = False
-        for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
-            key = f"{split}_{kind}"
-            ys = [h.get(key) for h in history]
-            if any(isinstance(y, (int, float)) for y in ys):
-                xs = [e for e, y in zip(epochs, ys) if isinstance(y, (int, float))]
-                ax.plot(xs, [y for y in ys if isinstance(y, (int, float))], style, ms=3, label=split)
-                drawn = True
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5"
-        ax.set_ylabel("accuracy" if kind == "acc" else "loss")
-        ax.set_title("accuracy" if kind == "acc" else "loss")
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def rows_figure(rows: list[np.ndarray], row_labels: list[str], col_titles: list[str] | None = None,
                 suptitle: str = "", cell: float = 1.2):
     """Rows of images of equal length (originals vs reconstructions, interpolation strips)."""
@@ -299,4 +269,165 @@ def rows_figure(rows: list[np.ndarray], row_labels: list[str], col_titles: list[
         axes[r, 0].set_ylabel(row_labels[r], fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+# --- studies: variants of one experiment side by side (analyze compare, analyze snapshots) ----------------
+
+CURVE_KINDS = {"loss": "loss", "acc": "accuracy", "recon": "reconstruction loss", "kl": "KL divergence"}
+SPLIT_STYLES = {"train": "-", "val": "--", "test": ":", "label": "-."}
+SPLIT_NAMES = {"train": "train", "val": "val", "test": "test (curves only)", "label": "train, label loss"}
+LOG_SPAN = 100.0               # a loss axis spanning more than two decades is drawn log-scaled
+
+
+def _num(v) -> float:
+    """A history value as a float; null (a diverged run's NaN) and non-numbers -> NaN (a gap in the line)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def curve_series(history: list[dict], kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split -> (epochs, values) of the ``kind`` curves a history records ("label": ``train_label_loss``)."""
+    epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)], float)
+    keys = {split: f"{split}_{kind}" for split in ("train", "val", "test")}
+    if kind == "loss":
+        keys["label"] = "train_label_loss"  # a distilled student's loss against the labels
+    series = {}
+    for split, key in keys.items():
+        ys = np.array([_num(h.get(key)) for h in history], float)
+        if np.isfinite(ys).any():
+            series[split] = (epochs, ys)
+    return series
+
+
+def curve_kinds(histories: list[list[dict]]) -> list[str]:
+    """The kinds of curves any history records, loss first (a VAE: loss, recon, kl; no accuracy)."""
+    return [k for k in CURVE_KINDS if k == "loss" or any(curve_series(h, k) for h in histories)]
+
+
+def _draw_window(ax, histories: dict[str, list[dict]], colors, kind: str, lo: float, hi: float) -> None:
+    """Every variant's ``kind`` curves between epochs lo and hi: one colour per variant, one style per split."""
+    values = []
+    for (name, hist), color in zip(histories.items(), colors):
+        for split, (x, y) in curve_series(hist, kind).items():
+            m = (x >= lo) & (x <= hi)
+            if m.any():
+                ax.plot(x[m], y[m], SPLIT_STYLES[split], color=color, lw=1.3, marker="o", ms=2,
+                        label=f"{name} {split}")
+                values.append(y[m])
+    finite = np.concatenate(values) if values else np.array([])
+    finite = finite[np.isfinite(finite)]
+    if kind != "acc" and finite.size and finite.min() > 0 and finite.max() / finite.min() > LOG_SPAN:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5"
+    ax.grid(alpha=0.3, which="both" if ax.get_yscale() == "log" else "major")
+    ax.tick_params(labelsize=8)
+
+
+def compare_curves_figure(histories: dict[str, list[dict]], title: str = "", subtitle: str = "", zoom: int = 10,
+                          labels: dict[str, str] | None = None):
+    """Loss (and accuracy, or a VAE's recon/KL) of every variant overlaid, one row per kind of curve.
+
+    Columns: all epochs, then the first and last ``zoom`` epochs when a run is longer than that.
+    Colour = variant (``labels`` may rename them in the legend); train solid, val dashed, test dotted,
+    a distilled run's label loss dash-dotted. Lines carry the label "<variant> <split>".
+    """
+    kinds = curve_kinds(list(histories.values()))
+    epochs = [h.get("epoch", i + 1) for hist in histories.values() for i, h in enumerate(hist)]
+    first, last = (min(epochs), max(epochs)) if epochs else (1, 1)
+    windows = [("all epochs", -math.inf, math.inf)]
+    if last - first + 1 > zoom:
+        windows += [(f"first {zoom} epochs", -math.inf, first + zoom - 1),
+                    (f"last {zoom} epochs", last - zoom + 1, math.inf)]
+    colors = class_colors(len(histories))
+    fig, axes = plt.subplots(len(kinds), len(windows), figsize=(5.2 * len(windows), 3.4 * len(kinds) + 0.6),
+                             squeeze=False)
+    for r, kind in enumerate(kinds):
+        for c, (window, lo, hi) in enumerate(windows):
+            ax = axes[r, c]
+            _draw_window(ax, histories, colors, kind, lo, hi)
+            ax.set_title(f"{CURVE_KINDS[kind]}, {window}", fontsize=10)
+            if c == 0:
+                ax.set_ylabel(CURVE_KINDS[kind] + (" (log scale)" if ax.get_yscale() == "log" else ""))
+            if r == len(kinds) - 1:
+                ax.set_xlabel("epoch")
+    splits = [s for s in SPLIT_STYLES if any(s in curve_series(h, k) for h in histories.values() for k in kinds)]
+    handles = [Line2D([], [], color=colors[i], lw=2.5, label=(labels or {}).get(n, n)) for i, n in enumerate(histories)]
+    handles += [Line2D([], [], color="0.3", ls=SPLIT_STYLES[s], lw=1.5, label=SPLIT_NAMES[s]) for s in splits]
+    fig.suptitle("\n".join(t for t in (title, subtitle) if t), fontsize=12)
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
+    return fig
+
+
+def weights_figure(rows: list[tuple[str, np.ndarray]], col_titles: list[str] | None = None, title: str = "",
+                   cell: float = 1.15):
+    """Each row's units as images: [units, H, W] on a diverging colormap symmetric about 0 (one range and
+    colour bar per row), or [units, H, W, 3] kernels as RGB with 0.5 grey = 0."""
+    ncols = max(len(w) for _, w in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols + 1.8, cell * len(rows) + 0.9), squeeze=False,
+                             layout="constrained")
+    for r, (label, w) in enumerate(rows):
+        vmax = float(np.abs(w).max()) or 1.0  # symmetric: white is exactly 0 (all-zero rows stay white)
+        im = None
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(w):
+                ax.axis("off")
+                continue
+            if w.ndim == 4:
+                ax.imshow(np.clip(0.5 + w[c] / (2 * vmax), 0, 1), interpolation="nearest")
+            else:
+                im = ax.imshow(w[c], cmap=WEIGHTS_CMAP, vmin=-vmax, vmax=vmax, interpolation="nearest")
+            if r == 0 and col_titles and c < len(col_titles):
+                ax.set_title(col_titles[c], fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        if im is not None:
+            cb = fig.colorbar(im, ax=axes[r, :].tolist(), fraction=0.02, pad=0.01, shrink=0.9)
+            cb.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def feature_maps_figure(images: np.ndarray, maps: list[tuple[str, np.ndarray]], image_titles: list[str],
+                        title: str = "", cell: float = 0.9):
+    """Feature maps of the same images across snapshots of one run.
+
+    ``images``: [N, C, H, W] inputs (top row). ``maps``: (row label, [N, K, h, w]) per snapshot; columns are
+    image 1's K channels, a gap, image 2's, ... Each column (one image, one channel) shares its colour
+    range down the rows, so a map that grows or fades over training reads as such.
+    """
+    n, k = len(images), max(m.shape[1] for _, m in maps)
+    ncols = n * (k + 1) - 1  # one narrow spacer column between images
+    widths = ([1.0] * k + [0.3]) * n
+    fig, axes = plt.subplots(len(maps) + 1, ncols, figsize=(cell * (n * k + 0.3 * (n - 1)) + 1.6,
+                                                           cell * (len(maps) + 1) + 0.9),
+                             squeeze=False, gridspec_kw={"width_ratios": widths[:ncols], "wspace": 0.06, "hspace": 0.1})
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        col0 = i * (k + 1)
+        ax = axes[0, col0]
+        ax.axis("on")
+        _show(ax, images[i])
+        ax.set_title(image_titles[i], fontsize=7, loc="left")
+        for c in range(k):
+            stack = [m[i, c] for _, m in maps if c < m.shape[1]]
+            finite = np.concatenate([s[np.isfinite(s)].ravel() for s in stack])
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            for r, (_, m) in enumerate(maps, start=1):
+                if c < m.shape[1]:
+                    ax = axes[r, col0 + c]
+                    ax.axis("on")
+                    ax.imshow(m[i, c], cmap=FEATURES_CMAP, vmin=lo, vmax=hi if hi > lo else lo + 1e-9,
+                              interpolation="nearest")
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if r == 1:
+                        ax.set_title(f"ch {c}", fontsize=6)
+    for r, (label, _) in enumerate(maps, start=1):
+        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    axes[0, 0].set_ylabel("input", fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=11)
     return fig

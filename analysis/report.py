@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 from . import accuracy, embeddings, gradcam, vae
+from glassbox.io import atomic_write
+
 from .common import dataset, manifest
 
 
@@ -98,8 +100,4 @@ td:first-child,th:first-child{{text-align:left}} figure{{margin:1em 0}} img{{max
 figcaption{{color:#555;font-size:.9em}}</style></head><body>
 <h1>Glassbox report</h1><p>Server {html.escape(server)}, {time.strftime('%Y-%m-%d %H:%M')}. Models: {nav}</p>
 {''.join(parts)}</body></html>"""
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page))

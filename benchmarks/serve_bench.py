@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def export_models(repo: Path, names: list[str]) -> None:
     import torch
 
-    from training.data import dataset_info, load_dataset
+    from glassbox.data import dataset_info, load_dataset
     from training.export import export_model
     from training.models import create_model
     info = dataset_info("fashion-mnist")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from training.config import resolve_config
-from training.data import load_dataset, preprocess, random_subset
+from glassbox.data import load_dataset, preprocess, random_subset
 from training.engine import build_optimizer, build_scheduler, preprocessing_spec, train_one_epoch, tune_allocator
 from training.models import create_model
 

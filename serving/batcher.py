@@ -69,9 +69,11 @@ class Batcher:
     def depth(self) -> int:
         return len(self.queue)
 
-    async def submit(self, feeds: dict[str, np.ndarray], outputs, n: int, deadline: float | None) -> dict[str, np.ndarray]:
+    async def submit(self, feeds: dict[str, np.ndarray], outputs, n: int,
+                     deadline: float | None) -> dict[str, np.ndarray]:
         if len(self.queue) >= self.max_queue:
-            raise ResourceExhausted(f"{self.graph.triton_name}: request queue is full ({self.max_queue} waiting); retry later")
+            raise ResourceExhausted(f"{self.graph.triton_name}: request queue is full ({self.max_queue} waiting); "
+                                    "retry later")
         fut = asyncio.get_running_loop().create_future()
         self.queue.append(Job(feeds, tuple(outputs), n, fut, deadline))
         self.wake.set()

@@ -87,12 +87,14 @@ def wait_for_server(address: str, timeout: float = 60.0) -> None:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    raise ServerUnavailable(grpc.StatusCode.UNAVAILABLE, f"no serving Glassbox server at {address} after {timeout:.0f}s")
+    raise ServerUnavailable(grpc.StatusCode.UNAVAILABLE,
+                            f"no serving Glassbox server at {address} after {timeout:.0f}s")
 
 
 class GlassboxClient:
@@ -131,10 +133,11 @@ class GlassboxClient:
                 return getattr(self.stub, method)(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 # UNAVAILABLE while loading or a transient reconnect is worth a short retry.
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < retries and "shutting down" not in (e.details() or ""):
+                unavailable = e.code() == grpc.StatusCode.UNAVAILABLE
+                if unavailable and attempt < retries and "shutting down" not in (e.details() or ""):
                     time.sleep(0.5 * (attempt + 1))
                     continue
-                cls = ServerUnavailable if e.code() == grpc.StatusCode.UNAVAILABLE else GlassboxError
+                cls = ServerUnavailable if unavailable else GlassboxError
                 raise cls(e.code(), e.details() or "") from None
 
     def _chunk_size(self, name: str, images, out_bytes: int = 0) -> int:
@@ -224,8 +227,9 @@ class GlassboxClient:
                                for p in self._chunks(np.asarray(latents, np.float32), name)])
 
     def reconstruct(self, name: str, images) -> np.ndarray:
-        return np.concatenate([_arr(self._call("Reconstruct", pb.ReconstructRequest(name=name, images=_images(p))).images)
-                               for p in self._chunks(images, name)])
+        return np.concatenate([
+            _arr(self._call("Reconstruct", pb.ReconstructRequest(name=name, images=_images(p))).images)
+            for p in self._chunks(images, name)])
 
     def interpolate(self, name: str, a, b, steps: int = 10, alphas=None, latent: bool = False) -> np.ndarray:
         """Decoded images from ``a`` to ``b`` (two images, or two latents with ``latent=True``)."""

@@ -5,8 +5,6 @@ logged and reported by ListModels, and the other models are served as usual.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from glassbox.manifest import read_manifest, verify_files
 
 log = logging.getLogger("glassbox.serving")
 
@@ -57,11 +57,6 @@ class Model:
         return not self.error
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:  # streamed: model files can be large
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 _CUDA_OK: bool | None = None
 
 
@@ -79,7 +74,8 @@ def _cuda_works(graph_file: Path) -> bool:
         finally:
             ort.set_default_logger_severity(2)
         if not _CUDA_OK:
-            log.warning("CUDAExecutionProvider is installed but cannot run here (no GPU or CUDA libraries): serving on CPU")
+            log.warning("CUDAExecutionProvider is installed but cannot run here (no GPU or CUDA libraries): "
+                        "serving on CPU")
     return _CUDA_OK
 
 
@@ -107,7 +103,8 @@ def _session(file: Path, wanted: list[str], intra: int, inter: int) -> ort.Infer
 
 def _warm_ms(sess: ort.InferenceSession, inputs: list[dict]) -> float:
     """Fastest of three batch-1 runs on zeros, in ms (also proves the graph runs at all)."""
-    feeds = {i["name"]: np.zeros([1, *i["shape"][1:]], np.int64 if i["dtype"] == "int64" else np.float32) for i in inputs}
+    feeds = {i["name"]: np.zeros([1, *i["shape"][1:]], np.int64 if i["dtype"] == "int64" else np.float32)
+             for i in inputs}
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
@@ -119,13 +116,10 @@ def _warm_ms(sess: ort.InferenceSession, inputs: list[dict]) -> float:
 def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 0) -> Model:
     model = Model(path.parent.name, int(path.name), path)
     try:
-        model.manifest = json.loads((path / "manifest.json").read_text())
-        for fname, digest in model.manifest["files"].items():
-            f = path / fname
-            if not f.is_file():
-                raise ValueError(f"{fname} is missing")
-            if _sha256(f) != digest:
-                raise ValueError(f"{fname} fails its sha256 check (corrupted or changed since export)")
+        # The same checks export runs before publishing: schema, then every file's sha256.
+        model.manifest = read_manifest(path)
+        if problems := verify_files(path):
+            raise ValueError("; ".join(problems))
         for gname, g in model.manifest["graphs"].items():
             wanted = providers(device, path / g["file"])
             sess = _session(path / g["file"], wanted, intra_op_threads, inter_op_threads)
@@ -163,7 +157,8 @@ class Repository:
             raise FileNotFoundError(f"model repository {self.root} does not exist (run train-all or export first)")
         self.models: dict[str, dict[int, Model]] = {}
         for mdir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for vdir in sorted((p for p in mdir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+            versions = (p for p in mdir.iterdir() if p.is_dir() and p.name.isdigit())
+            for vdir in sorted(versions, key=lambda p: int(p.name)):
                 self.models.setdefault(mdir.name, {})[int(vdir.name)] = load_model(vdir, **session_options)
         if not self.models:
             raise FileNotFoundError(f"model repository {self.root} holds no <model>/<version>/ directories")

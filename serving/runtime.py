@@ -41,15 +41,22 @@ class Runtime:
         self._known = set(repo.models) | set(repo.triton_names)
         self.repo = repo
 
-    def model(self, name: str, version: int = 0):
+    def repository(self):
+        """The loaded repository; UNAVAILABLE until ``attach`` has run."""
         if self.repo is None:
             raise Unavailable("server is still loading models")
+        return self.repo
+
+    def model(self, name: str, version: int = 0):
+        repo = self.repository()
         if not name:
             raise InvalidArgument("model name is empty")
-        return self.repo.get(name, version)
+        return repo.get(name, version)
 
-    async def run(self, model, graph: str, feeds: dict[str, np.ndarray], outputs, context, n: int | None = None) -> dict[str, np.ndarray]:
-        """Queue ``feeds`` (``n`` images) on the graph's batcher; the outputs asked for, this request's rows only."""
+    async def infer(self, model, graph: str, feeds: dict[str, np.ndarray], outputs, context,
+                    n: int | None = None) -> dict[str, np.ndarray]:
+        """Batched inference: queue ``feeds`` (``n`` images) on the batcher of ``model``'s ``graph``; the
+        outputs asked for, this request's rows only. (``Graph.run`` is the session call the batcher makes.)"""
         batcher = self.batchers.get((model.name, model.version, graph))
         if batcher is None:
             raise InvalidArgument(f"model {model.name!r} has no {graph} graph (graphs: {', '.join(model.graphs)})")

@@ -19,6 +19,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from glassbox.manifest import MAX_QUEUE_DELAY_US
+
 from ._generated.glassbox.v1 import glassbox_pb2, glassbox_pb2_grpc
 from ._generated.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from .domain import GlassboxServicer
@@ -40,7 +42,7 @@ def _version() -> str:
 
 
 async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, metrics_port: int = 0,
-                max_batch: int | None = None, max_delay_us: int = 1000, max_queue: int = 256,
+                max_batch: int | None = None, max_delay_us: int = MAX_QUEUE_DELAY_US, max_queue: int = 256,
                 intra_op_threads: int = 0, inter_op_threads: int = 0, device: str = "auto",
                 max_message_mb: int = 64, grace: float = 10.0, tls_cert: str | None = None,
                 tls_key: str | None = None, ready: asyncio.Event | None = None,
@@ -124,29 +126,38 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--repository", default="exported", type=click.Path(), help="Model repository written by export / train-all.")
+@click.option("--repository", default="exported", type=click.Path(),
+              help="Model repository written by export / train-all.")
 @click.option("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 to accept remote clients.")
 @click.option("--port", default=8500, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one).")
-@click.option("--metrics-port", default=8501, type=click.IntRange(0, 65535), help="Prometheus metrics HTTP port (0 disables).")
+@click.option("--metrics-port", default=8501, type=click.IntRange(0, 65535),
+              help="Prometheus metrics HTTP port (0 disables).")
 @click.option("--max-batch", default=None, type=click.IntRange(1),
               help="Largest merged batch per session.run [default: the manifest's max_batch_size]; a single "
                    "request above it (the manifest allows it) runs alone.")
-@click.option("--max-delay-us", default=1000, type=click.IntRange(0, 1_000_000),
+@click.option("--max-delay-us", default=MAX_QUEUE_DELAY_US, type=click.IntRange(0, 1_000_000),
               help="Under concurrent load, wait up to this long for more requests before running a partial batch; "
                    "a lone request on an idle server never waits (0: never wait; requests arriving during a run "
                    "form the next batch).")
-@click.option("--max-queue", default=256, type=click.IntRange(1), help="Requests allowed to wait per graph; beyond it calls get RESOURCE_EXHAUSTED.")
+@click.option("--max-queue", default=256, type=click.IntRange(1),
+              help="Requests allowed to wait per graph; beyond it calls get RESOURCE_EXHAUSTED.")
 @click.option("--intra-op-threads", default=0, type=click.IntRange(0),
               help="onnxruntime threads per operator (0: auto - onnxruntime's default, one per core, and for graphs "
                    "that run batch-1 in under 1 ms a second, one-thread session for the few-image batches, where "
                    "pool hand-offs cost more than they save).")
-@click.option("--inter-op-threads", default=0, type=click.IntRange(0), help="onnxruntime threads across operators (0: default).")
-@click.option("--device", type=click.Choice(["auto", "cpu"]), default="auto", help="auto: CUDA provider when available, else CPU.")
-@click.option("--max-message-mb", default=64, type=click.IntRange(1, 2047), help="gRPC message size limit, both directions.")
-@click.option("--grace", default=10.0, type=click.FloatRange(0), help="Seconds to finish accepted calls on SIGTERM/SIGINT.")
-@click.option("--tls-cert", default=None, type=click.Path(exists=True, dir_okay=False), help="PEM certificate chain for TLS.")
+@click.option("--inter-op-threads", default=0, type=click.IntRange(0),
+              help="onnxruntime threads across operators (0: default).")
+@click.option("--device", type=click.Choice(["auto", "cpu"]), default="auto",
+              help="auto: CUDA provider when available, else CPU.")
+@click.option("--max-message-mb", default=64, type=click.IntRange(1, 2047),
+              help="gRPC message size limit, both directions.")
+@click.option("--grace", default=10.0, type=click.FloatRange(0),
+              help="Seconds to finish accepted calls on SIGTERM/SIGINT.")
+@click.option("--tls-cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate chain for TLS.")
 @click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="PEM private key for TLS.")
-@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Log verbosity.")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              help="Log verbosity.")
 def main(log_level, **options):
     """Serve the model repository over gRPC: the Glassbox domain API and the KServe v2 protocol."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

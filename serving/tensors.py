@@ -1,6 +1,6 @@
 """Request tensors in and out: decode, validate (shape, dtype, count, NaN/Inf, batch), encode.
 
-Encoded PNG/JPEG images are decoded with Pillow and preprocessed by ``training.data.preprocess``
+Encoded PNG/JPEG images are decoded with Pillow and preprocessed by ``glassbox.data.preprocess``
 with the manifest's ``preprocessing``: the same function training used.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from training.data import preprocess
+from glassbox.data import preprocess
 
 from ._generated.glassbox.v1 import glassbox_pb2 as pb
 from .errors import InvalidArgument
@@ -25,7 +25,8 @@ def from_proto(t: pb.Tensor, what: str) -> np.ndarray:
         raise InvalidArgument(f"{what}: dtype {t.dtype!r} not supported (float32 or int64)")
     shape = tuple(t.shape)
     if not shape or any(s < 0 for s in shape):
-        raise InvalidArgument(f"{what}: shape {list(shape)} is not a valid tensor shape (a batch axis first, no negative sizes)")
+        raise InvalidArgument(f"{what}: shape {list(shape)} is not a valid tensor shape "
+                              "(a batch axis first, no negative sizes)")
     count = math.prod(shape)
     itemsize = np.dtype(dtype).itemsize
     if len(t.data) != count * itemsize:
@@ -76,7 +77,8 @@ def images_from_request(images: pb.Images, manifest: dict) -> np.ndarray:
     max_batch = int(manifest.get("max_batch_size", 256))
     if kind == "encoded":
         if len(images.encoded.files) > max_batch:
-            raise InvalidArgument(f"images: batch of {len(images.encoded.files)} is above the maximum of {max_batch}; split it")
+            raise InvalidArgument(f"images: batch of {len(images.encoded.files)} is above the maximum of {max_batch}; "
+                                  "split it")
         x = decode_images(images.encoded.files, manifest["preprocessing"])
     else:
         x = from_proto(images.tensor, "images")

@@ -25,12 +25,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._cache: dict[tuple[str, str], tuple] = {}
 
     def _graph(self, name: str, version: str):
-        if self.rt.repo is None:
-            from .errors import Unavailable
-            raise Unavailable("server is still loading models")
-        if name not in self.rt.repo.triton_names:
-            raise NotFound(f"unknown model {name!r}; models: {', '.join(sorted(self.rt.repo.triton_names))}")
-        model_name, graph = self.rt.repo.triton_names[name]
+        repo = self.rt.repository()
+        if name not in repo.triton_names:
+            raise NotFound(f"unknown model {name!r}; models: {', '.join(sorted(repo.triton_names))}")
+        model_name, graph = repo.triton_names[name]
         if version and not version.isdigit():
             raise InvalidArgument(f"model version must be an integer, got {version!r}")
         model = self.rt.model(model_name, int(version or 0))
@@ -59,23 +57,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         async def go():
             model, g = self._graph(request.name, request.version)
-            t = lambda x: pb.ModelMetadataResponse.TensorMetadata(name=x["name"], datatype=V2_TYPES[x["dtype"]], shape=x["shape"])  # noqa: E731
-            return pb.ModelMetadataResponse(name=request.name, versions=[str(v) for v in sorted(self.rt.repo.models[model.name])],
-                                            platform="onnxruntime_onnx", inputs=[t(i) for i in g.inputs],
-                                            outputs=[t(o) for o in g.outputs])
+            versions = [str(v) for v in sorted(self.rt.repository().models[model.name])]
+            return pb.ModelMetadataResponse(name=request.name, versions=versions, platform="onnxruntime_onnx",
+                                            inputs=[_metadata(i) for i in g.inputs],
+                                            outputs=[_metadata(o) for o in g.outputs])
         return await self.rt.handle("ModelMetadata", request.name, context, go)
 
     async def ModelConfig(self, request, context):
         async def go():
             model, g = self._graph(request.name, request.version)
-
-            def dims(x):
-                return x["shape"][1:] or [1]
+            delay_us = int(self.rt.options["max_delay_s"] * 1e6)
             return pb.ModelConfigResponse(config=mc.ModelConfig(
                 name=request.name, platform="onnxruntime_onnx", max_batch_size=g.max_batch_size,
-                input=[mc.ModelInput(name=i["name"], data_type=CONFIG_TYPES[i["dtype"]], dims=dims(i)) for i in g.inputs],
-                output=[mc.ModelOutput(name=o["name"], data_type=CONFIG_TYPES[o["dtype"]], dims=dims(o)) for o in g.outputs],
-                dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=int(self.rt.options["max_delay_s"] * 1e6))))
+                input=[mc.ModelInput(name=i["name"], data_type=CONFIG_TYPES[i["dtype"]], dims=_dims(i))
+                       for i in g.inputs],
+                output=[mc.ModelOutput(name=o["name"], data_type=CONFIG_TYPES[o["dtype"]], dims=_dims(o))
+                        for o in g.outputs],
+                dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=delay_us)))
         return await self.rt.handle("ModelConfig", request.name, context, go)
 
     def _resolve(self, name: str, version: str):
@@ -92,9 +90,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.rt.handle("ModelInfer", request.model_name, context, lambda: self._infer(request, context))
 
     async def _infer(self, request, context):
-        if self.rt.repo is None:
-            from .errors import Unavailable
-            raise Unavailable("server is still loading models")
+        self.rt.repository()  # UNAVAILABLE while loading, whatever the name
         model, g, spec = self._resolve(request.model_name, request.model_version)
         raw = request.raw_input_contents
         if raw and len(raw) != len(request.inputs):
@@ -103,7 +99,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for k, inp in enumerate(request.inputs):
             s = spec.inputs.get(inp.name)
             if s is None or inp.name in feeds:
-                raise InvalidArgument(f"{request.model_name}: input {inp.name!r} unknown or repeated; inputs: {', '.join(spec.inputs)}")
+                raise InvalidArgument(f"{request.model_name}: input {inp.name!r} unknown or repeated; "
+                                      f"inputs: {', '.join(spec.inputs)}")
             name, v2type, dtype, tail, per_item = s
             if inp.datatype != v2type:
                 raise InvalidArgument(f"input {name!r}: datatype {inp.datatype or '(none)'}, expected {v2type}")
@@ -114,18 +111,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if b <= 0:
                 raise InvalidArgument(f"input {name!r}: empty batch (shape {list(shape)})")
             if b > g.max_batch_size:
-                raise InvalidArgument(f"input {name!r}: batch of {b} is above the maximum of {g.max_batch_size}; split it")
+                raise InvalidArgument(f"input {name!r}: batch of {b} is above the maximum of {g.max_batch_size}; "
+                                      "split it")
             if n is not None and b != n:
                 raise InvalidArgument(f"inputs disagree on the batch size ({n} and {b})")
             n = b
             if raw:
                 if len(raw[k]) != b * per_item:
-                    raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs {b * per_item} bytes, got {len(raw[k])}")
+                    raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs {b * per_item} bytes, "
+                                          f"got {len(raw[k])}")
                 arr = np.frombuffer(raw[k], dtype).reshape(shape)
             else:  # typed contents: slower, but part of the protocol
                 vals = inp.contents.fp32_contents if dtype is np.float32 else inp.contents.int64_contents
                 if len(vals) * dtype().itemsize != b * per_item:
-                    raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs {b * per_item // dtype().itemsize} values, got {len(vals)}")
+                    raise InvalidArgument(f"input {name!r}: shape {list(shape)} needs "
+                                          f"{b * per_item // dtype().itemsize} values, got {len(vals)}")
                 arr = np.asarray(vals, dtype).reshape(shape)
             if dtype is np.float32 and not np.isfinite(arr).all():
                 raise InvalidArgument(f"input {name!r}: contains NaN or Inf")
@@ -140,7 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for x in names:
             if x not in spec.outputs:
                 raise InvalidArgument(f"unknown output {x!r}; outputs: {', '.join(g.output_names)}")
-        out = await self.rt.run(model, g.name, feeds, names, context, n)
+        out = await self.rt.infer(model, g.name, feeds, names, context, n)
         arrays = [out[x] for x in names]
         return pb.ModelInferResponse(
             model_name=request.model_name, model_version=spec.version, id=request.id,
@@ -149,6 +149,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 _Out = pb.ModelInferResponse.InferOutputTensor
+
+
+def _metadata(x: dict):
+    """A manifest tensor entry as v2 model metadata."""
+    return pb.ModelMetadataResponse.TensorMetadata(name=x["name"], datatype=V2_TYPES[x["dtype"]], shape=x["shape"])
+
+
+def _dims(x: dict) -> list:
+    """A manifest tensor entry's config dims: its shape without the batch axis ([1] for one value per item)."""
+    return x["shape"][1:] or [1]
 
 
 class _Spec:

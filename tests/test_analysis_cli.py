@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from analysis.cli import cli
-from training.data import load_dataset
+from glassbox.data import load_dataset
 
 
 def run(*args):

@@ -1,4 +1,4 @@
-"""training.data: readers on tiny files in every real format, the real data, errors, splits, preprocess.
+"""glassbox.data: readers on tiny files in every real format, the real data, errors, splits, preprocess.
 
 Fast by design (a few seconds): the tiny files come from tests/data_fixtures.py; the real data read
 here is Fashion-MNIST, MNIST and the LFW npz (IDX and npz are a single read each); the real CIFAR-10
@@ -17,10 +17,10 @@ from PIL import Image
 
 from tests.data_fixtures import (CIFAR_CLASSES, idx_bytes, jpeg, png, write_cifar_pickles, write_idx, write_imagefolder,
                                  write_lfw_folders, write_lfw_npz)
-from training.data import (DATASETS, ArrayDataset, DatasetCorrupt, DatasetError, DatasetNotFound, class_balanced_sample,
+from glassbox.data import (DATASETS, ArrayDataset, DatasetCorrupt, DatasetError, DatasetNotFound, class_balanced_sample,
                            dataset_info, load_dataset, longtail, preprocess, random_subset, train_val_split)
-from training.data import datasets as loader
-from training.data.registry import SYSTEM_DIRS
+from glassbox.data import datasets as loader
+from glassbox.data.registry import SYSTEM_DIRS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,7 +325,7 @@ def test_real_lfw(shared_data):
 def test_real_cifar10_zip_layout(shared_data):
     # Decoding the 60,000 JPEGs is a few seconds (then cached): here only the layout the reader
     # relies on is checked, from the zip's directory.
-    from training.data.imagefolder import _tree
+    from glassbox.data.imagefolder import _tree
     with zipfile.ZipFile(shared_data / "cifar10" / "cifar10-jpg.zip") as z:
         tree = _tree(z.namelist())
     assert len(tree["train"]) == 50000 and len(tree["test"]) == 10000
@@ -433,7 +433,7 @@ def test_array_dataset_and_registry():
 
 def test_readers_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-            "import numpy as np, training.data as D, training.data.datasets as L\n"
+            "import numpy as np, glassbox.data as D, glassbox.data.datasets as L\n"
             "spec = {'channels': 1, 'size': [2, 2], 'mean': [0], 'std': [1]}\n"
             "print(D.preprocess(np.zeros((1, 2, 2), np.uint8), spec).shape, L._download('mnist'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from training.checkpoint import save_checkpoint
-from training.data import load_dataset, preprocess
-from training.export import (ParityError, default_name, export_checkpoint, export_model, validate_manifest,
-                             verify_files, versions)
+from glassbox.data import load_dataset, preprocess
+from glassbox.manifest import validate_manifest, verify_files, versions
+from training.export import ParityError, default_name, export_checkpoint, export_model
 from training.export.cli import export as export_cli
 from training.export.pbtxt import parse_triton_config
 from training.models import create_model, list_models

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from serving.client import GlassboxClient, GlassboxError
-from training.data import load_dataset, preprocess
+from glassbox.data import load_dataset, preprocess
 
 from conftest import free_port, start_server, stop_server
 

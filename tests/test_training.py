@@ -79,10 +79,11 @@ def test_schedules(name):
         opt.step()
         sched.step()
     peak = cfg["optimizer"]["lr"]
-    if name == "constant":
-        assert lrs == [peak] * 40
-    elif name == "step":
-        assert lrs[0] == peak and lrs[25] == pytest.approx(peak * 0.1)
+    if name == "constant":  # warmup for 10 steps, then the peak
+        assert lrs[0] == pytest.approx(peak / 10) and lrs[9:] == [peak] * 31
+    elif name == "step":  # warmup, then x0.1 every 2 epochs counted from the start
+        assert lrs[0] < lrs[9] == pytest.approx(peak) and lrs[15] == pytest.approx(peak)
+        assert lrs[25] == pytest.approx(peak * 0.1)
     else:
         assert lrs[0] < lrs[9] == pytest.approx(peak) and lrs[-1] < 0.01 * peak
 
@@ -166,7 +167,8 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="quick"):
         load_profile("no-such-profile")
     for profile in ("quick", "full"):
-        configs, _ = load_profile(profile)
+        configs, _, study = load_profile(profile)
+        assert study is None
         assert configs and all(c["task"] in ("classifier", "vae") for c in configs)
 
 
@@ -210,6 +212,6 @@ def test_resume_refuses_a_different_validation_split(fmnist_dir, tmp_path):
     ckpt["config"]["dataset"]["val_fingerprint"] = "0" * 16
     from training.checkpoint import save_checkpoint
     save_checkpoint(tmp_path / "last.pt", ckpt)
-    from training.data import DatasetError
+    from glassbox.data import DatasetError
     with pytest.raises(DatasetError, match="validation split differs"):
         fit(_cfg(fmnist_dir, epochs=2), tmp_path, resume=True, **quiet)

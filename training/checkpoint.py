@@ -15,50 +15,20 @@ A checkpoint is a dict (docs/architecture.md §3):
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from glassbox.io import atomic_write, plain
 
 from .models import create_model
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n"))
-
-
-def _jsonable(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> None:
     # Round-trip the config through JSON so it only holds plain types that weights_only can load.
-    ckpt = {**ckpt, "config": json.loads(json.dumps(ckpt["config"], default=_jsonable)),
-            "metrics": json.loads(json.dumps(ckpt.get("metrics", {}), default=_jsonable)),
-            "history": json.loads(json.dumps(ckpt.get("history", []), default=_jsonable))}
+    ckpt = {**ckpt, "config": plain(ckpt["config"]), "metrics": plain(ckpt.get("metrics", {})),
+            "history": plain(ckpt.get("history", []))}
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .config import OPTIMIZERS, SCHEDULES, ConfigError, load_profile, resolve_config
+from .config import INITS, OPTIMIZERS, SCHEDULES, ConfigError, load_profile, resolve_config, study_titles
 
 
 def _fail(msg: str, code: int = 2):
@@ -27,15 +27,16 @@ def _fail(msg: str, code: int = 2):
 
 def _errors():
     """The errors a user can fix, turned into one line and exit code 2 instead of a traceback."""
-    from .data import DatasetError
+    from glassbox.data import DatasetError
     return (ConfigError, DatasetError, FileNotFoundError)
 
 
-def _parse_model_args(pairs: tuple[str, ...]) -> dict:
+def _parse_pairs(pairs: tuple[str, ...], option: str = "--model-arg") -> dict:
+    """KEY=VALUE pairs; values are JSON where they parse (numbers, true, lists), else strings."""
     args = {}
     for p in pairs:
         if "=" not in p:
-            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--model-arg")
+            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint=option)
         k, v = p.split("=", 1)
         try:
             args[k] = json.loads(v)
@@ -60,16 +61,40 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 @click.option("--longtail", is_flag=True, help="Keep only 10% of classes 0-4 (the long-tail CIFAR-10 variant).")
 @click.option("--epochs", type=int, default=10, help="Number of epochs.")
 @click.option("--batch-size", type=int, default=128, help="Training batch size.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", help="Optimizer (SGD uses Nesterov momentum).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", help="Optimizer.")
 @click.option("--lr", type=float, default=2e-3, help="Peak learning rate.")
-@click.option("--momentum", type=float, default=0.9, help="SGD momentum.")
+@click.option("--momentum", type=click.FloatRange(0), default=0.9, help="SGD momentum (0: plain SGD).")
+@click.option("--nesterov", is_flag=True, help="SGD: Nesterov momentum (needs --momentum above 0).")
 @click.option("--weight-decay", type=float, default=5e-4, help="Decoupled weight decay on weights (not biases or norms).")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", help="Learning-rate schedule (cosine has a linear warmup).")
-@click.option("--warmup-epochs", type=float, default=1.0, help="Warmup length for the cosine schedule.")
-@click.option("--step-size", type=int, default=10, help="Epochs between decays for the step schedule.")
-@click.option("--gamma", type=float, default=0.1, help="Decay factor for the step schedule.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine",
+              help="Learning-rate schedule: constant; step (x gamma every --step-size epochs); exp (x gamma every "
+                   "epoch); cosine (to zero).")
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=None,
+              help="Linear warmup before any schedule [default: 1 for cosine, 0 otherwise].")
+@click.option("--step-size", type=click.IntRange(1), default=10, help="Epochs between decays for the step schedule.")
+@click.option("--gamma", type=float, default=0.1, help="Decay factor for the step and exp schedules.")
+@click.option("--loss", "loss_name", type=click.Choice(["ce", "mse"]), default="ce",
+              help="Classifier loss: cross-entropy, or MSE against one-hot targets (the reports' linear models).")
+@click.option("--mse-on", type=click.Choice(["logits", "softmax"]), default="logits", help="What --loss mse compares.")
 @click.option("--l1", type=float, default=0.0, help="L1 (lasso) penalty on weights, added to the loss.")
 @click.option("--l2", type=float, default=0.0, help="L2 (ridge) penalty on weights, added to the loss.")
+@click.option("--penalize-bias", is_flag=True, help="The L1/L2 penalties cover the biases too (as the reports did).")
+@click.option("--init", "init_name", type=click.Choice(INITS), default="default",
+              help="Weight initialisation of Linear/Conv layers (default: PyTorch's).")
+@click.option("--init-std", type=float, default=0.01, help="Standard deviation for --init normal.")
+@click.option("--teacher", default=None,
+              help="Distil from this teacher: a run folder, a .pt checkpoint or an exported model (ONNX).")
+@click.option("--distill-loss", type=click.Choice(["mse", "kl"]), default="mse",
+              help="Distillation: MSE on the logits or KL with --temperature.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=4.0, help="Distillation temperature.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=1.0,
+              help="Weight of the distillation term (1 - alpha on the labels).")
+@click.option("--test-curves", is_flag=True,
+              help="Also score the test split every epoch, for the curves only (selection stays on validation).")
+@click.option("--snapshot-epoch", type=click.IntRange(1), multiple=True,
+              help="Keep (and export) a checkpoint at this epoch (repeatable).")
+@click.option("--snapshot-train-acc", type=click.FloatRange(0, 1), multiple=True,
+              help="Keep a checkpoint when train accuracy first reaches this level, e.g. 0.95 (repeatable).")
 @click.option("--label-smoothing", type=float, default=0.0, help="Label smoothing for cross-entropy.")
 @click.option("--clip-grad-norm", type=float, default=None, help="Clip the gradient norm to this value.")
 @click.option("--patience", type=int, default=None, help="Early stopping: epochs without validation improvement.")
@@ -77,7 +102,7 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 @click.option("--hflip", is_flag=True, help="Augmentation: random horizontal flips.")
 @click.option("--noise-std", type=float, default=0.0, help="Augmentation: Gaussian noise std (normalised units).")
 @click.option("--kl-weight", type=float, default=1.0, help="VAE: weight of the KL term.")
-@click.option("--vae-recon", type=click.Choice(["bce", "mse"]), default="bce", help="VAE reconstruction loss.")
+@click.option("--vae-recon", type=click.Choice(["bce", "mse", "l1"]), default="bce", help="VAE reconstruction loss.")
 @click.option("--seed", type=int, default=0, help="Random seed (split, init, batches, augmentation).")
 @click.option("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/<model>[-<dataset>]].")
@@ -95,14 +120,21 @@ def train(**o):
             click.echo(f"{name:10s} {e.task:10s} {e.description}")
         return
     run = {
-        "model": {"name": o["model"], "args": _parse_model_args(o["model_arg"])},
+        "model": {"name": o["model"], "args": _parse_pairs(o["model_arg"])},
         "dataset": {"name": o["dataset"], "data_dir": o["data_dir"], "subset": o["subset"],
                     "val_fraction": o["val_fraction"], "longtail": o["longtail"]},
         "epochs": o["epochs"], "batch_size": o["batch_size"], "seed": o["seed"], "device": o["device"],
-        "optimizer": {"name": o["optimizer"], "lr": o["lr"], "momentum": o["momentum"], "weight_decay": o["weight_decay"]},
+        "optimizer": {"name": o["optimizer"], "lr": o["lr"], "momentum": o["momentum"], "nesterov": o["nesterov"],
+                      "weight_decay": o["weight_decay"]},
         "schedule": {"name": o["schedule"], "warmup_epochs": o["warmup_epochs"], "step_size": o["step_size"], "gamma": o["gamma"]},
-        "loss": {"label_smoothing": o["label_smoothing"], "l1": o["l1"], "l2": o["l2"],
-                 "vae_recon": o["vae_recon"], "kl_weight": o["kl_weight"]},
+        "loss": {"name": o["loss_name"], "mse_on": o["mse_on"], "label_smoothing": o["label_smoothing"], "l1": o["l1"],
+                 "l2": o["l2"], "penalize_bias": o["penalize_bias"], "vae_recon": o["vae_recon"],
+                 "kl_weight": o["kl_weight"]},
+        "init": {"name": o["init_name"], "std": o["init_std"]},
+        "distill": {"teacher": o["teacher"], "loss": o["distill_loss"], "temperature": o["temperature"],
+                    "alpha": o["alpha"]},
+        "test_curves": o["test_curves"],
+        "snapshots": {"epochs": list(o["snapshot_epoch"]), "train_acc": list(o["snapshot_train_acc"])},
         "augment": {"crop_pad": o["crop_pad"], "hflip": o["hflip"], "noise_std": o["noise_std"]},
         "clip_grad_norm": o["clip_grad_norm"], "early_stopping": {"patience": o["patience"], "min_delta": 0.0},
     }
@@ -120,9 +152,19 @@ def train(**o):
     click.echo(f"checkpoint: {out / 'best.pt'}")
 
 
+def _studies_help() -> str:
+    return "A shipped study (a comparison from the course reports): " + "; ".join(
+        f"{name} ({title})" if title else name for name, title in study_titles().items()) + "."
+
+
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--profile", default="quick", help="Built-in profile (quick, full) or a path to a TOML/YAML profile.")
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None, help="A TOML/YAML profile file (overrides --profile).")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A TOML/YAML profile or study file (overrides --profile).")
+@click.option("--study", default=None, help=_studies_help())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting of every run, dotted keys, JSON values (e.g. epochs=2, dataset.subset=500, "
+                   "optimizer.lr=0.01): a shortened run of a long study (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/<profile>].")
 @click.option("--only", multiple=True, help="Train only the runs with these names (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory for every run that sets none.")
@@ -130,14 +172,23 @@ def train(**o):
 @click.option("--repository", default="exported", help="Model repository to export into.")
 @click.option("--resume", is_flag=True, help="Resume runs that have a last.pt; skip runs already finished.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train_all(profile, config, out, only, data_dir, do_export, repository, resume, no_progress):
-    """Train every run of a profile, print a summary table and write <out>/summary.json."""
-    from .checkpoint import write_json
+def train_all(profile, config, study, overrides, out, only, data_dir, do_export, repository, resume, no_progress):
+    """Train every run of a profile or study, print a summary table and write <out>/summary.json.
+
+    A study also writes <out>/study.json, which `analyze compare <out>` reads to draw the variants'
+    curves side by side. --resume skips finished runs and continues interrupted ones.
+    """
+    from glassbox.io import write_json
+
+    from .config import STUDIES_DIR
     from .engine import fit
     try:
-        configs, path = load_profile(config or profile)
+        sets = _parse_pairs(overrides, "--set")
+        configs, path, meta = load_profile(config or (STUDIES_DIR / f"{study}.toml" if study else profile), sets)
     except ConfigError as e:
         _fail(str(e))
+    if study and not path.is_file():
+        _fail(f"no study {study!r}")
     if only:
         unknown = set(only) - {c["name"] for c in configs}
         if unknown:
@@ -145,6 +196,8 @@ def train_all(profile, config, out, only, data_dir, do_export, repository, resum
         configs = [c for c in configs if c["name"] in only]
     out = Path(out or Path("runs") / path.stem)
     click.echo(f"train-all: {len(configs)} runs from {path} -> {out}")
+    if meta is not None:
+        write_json(out / "study.json", {**meta, "variants": [c["name"] for c in configs]})
     rows, t0 = [], time.perf_counter()
     for cfg in configs:
         if data_dir and not cfg["dataset"].get("data_dir"):

@@ -10,18 +10,35 @@ A profile is a list of runs; each run names a model and a dataset and overrides 
     dataset = "fashion-mnist"
     optimizer = { name = "adamw", lr = 0.002 }
 
+A study is a comparison: a base run (``[defaults]``) and either a ``[grid]`` of overrides or a list
+of named ``[[variants]]`` (or both: every variant at every grid point), described by ``[study]``:
+
+    [study]
+    title = "Learning rate on the MNIST CNN"
+    report = "001"                      # the course report it reproduces
+    reported = "0.5 diverges late"      # the report's own figure, for the README table
+    measures = []                       # metrics.json keys shown as columns by ``analyze compare``
+    [defaults]
+    model = "convnet"
+    [grid]
+    "optimizer.lr" = [0.01, 0.05, 0.1, 0.5]
+
+Shipped studies live in ``training/studies/`` (``train-all --study NAME``).
+
 The resolved config (docs/architecture.md §3) is what the checkpoint, ``config.json`` and the
 exported manifest record, so a run can be reproduced from any of them.
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import tomllib
 from pathlib import Path
 
 import yaml
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
+STUDIES_DIR = Path(__file__).parent / "studies"
 
 DEFAULTS: dict = {
     "name": None,            # run name (directory under --out); defaults to model[-dataset]
@@ -34,9 +51,21 @@ DEFAULTS: dict = {
     "seed": 0,
     "device": "auto",
     "channels_last": True,
-    "optimizer": {"name": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True},
-    "schedule": {"name": "cosine", "warmup_epochs": 1, "step_size": 10, "gamma": 0.1},
-    "loss": {"label_smoothing": 0.0, "l1": 0.0, "l2": 0.0, "vae_recon": "bce", "kl_weight": 1.0},
+    "optimizer": {"name": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": False},
+    # warmup_epochs None: 1 for cosine, 0 for the others (any schedule takes a warmup when given one)
+    "schedule": {"name": "cosine", "warmup_epochs": None, "step_size": 10, "gamma": 0.1},
+    # name "ce" (cross-entropy) or "mse" (on one-hot targets; mse_on "logits" or "softmax");
+    # penalize_bias: the L1/L2 penalties cover biases too (the reports'); vae_recon bce, mse or l1
+    "loss": {"name": "ce", "mse_on": "logits", "label_smoothing": 0.0, "l1": 0.0, "l2": 0.0,
+             "penalize_bias": False, "vae_recon": "bce", "kl_weight": 1.0},
+    "init": {"name": "default", "std": 0.01},
+    # Knowledge distillation: teacher = a run folder, a .pt checkpoint or an exported model;
+    # loss "mse" (on logits) or "kl" (softened by temperature); alpha weighs it against the labels.
+    "distill": {"teacher": None, "loss": "mse", "temperature": 4.0, "alpha": 1.0},
+    "test_curves": False,    # also score the test split every epoch, for the curves only
+    # Snapshot checkpoints at these epochs and when train accuracy first crosses these levels;
+    # each is exported (snapshots/exported) for ``analyze snapshots``.
+    "snapshots": {"epochs": [], "train_acc": []},
     "augment": {"crop_pad": 0, "hflip": False, "noise_std": 0.0},
     "clip_grad_norm": None,
     "early_stopping": {"patience": None, "min_delta": 0.0},
@@ -44,7 +73,13 @@ DEFAULTS: dict = {
 }
 
 OPTIMIZERS = ("sgd", "adam", "nadam", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "exp", "cosine")
+INITS = ("default", "normal", "zeros", "xavier", "kaiming")
+CHOICES = {  # config key -> allowed values: checked before any data is read
+    ("optimizer", "name"): OPTIMIZERS, ("schedule", "name"): SCHEDULES, ("init", "name"): INITS,
+    ("loss", "name"): ("ce", "mse"), ("loss", "mse_on"): ("logits", "softmax"),
+    ("loss", "vae_recon"): ("bce", "mse", "l1"), ("distill", "loss"): ("mse", "kl"),
+}
 
 
 class ConfigError(ValueError):
@@ -63,6 +98,8 @@ def _normalise_run(run: dict) -> dict:
     run = dict(run)
     if isinstance(run.get("model"), str):
         run["model"] = {"name": run["model"], "args": run.pop("model_args", {})}
+    elif "model_args" in run:  # a study variant that changes only the arguments
+        run["model"] = deep_merge(run.get("model") or {}, {"args": run.pop("model_args")})
     if isinstance(run.get("dataset"), str):
         run["dataset"] = {"name": run["dataset"]}
     return run
@@ -77,14 +114,24 @@ def resolve_config(run: dict, defaults: dict | None = None) -> dict:
     if name not in list_models():
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     cfg["task"] = model_info(name).task
-    if cfg["optimizer"]["name"] not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {cfg['optimizer']['name']!r}; choose from {', '.join(OPTIMIZERS)}")
-    if cfg["schedule"]["name"] not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {cfg['schedule']['name']!r}; choose from {', '.join(SCHEDULES)}")
-    if cfg["loss"]["vae_recon"] not in ("bce", "mse"):
-        raise ConfigError("loss.vae_recon must be 'bce' or 'mse'")
+    for (section, key), allowed in CHOICES.items():
+        if cfg[section][key] not in allowed:
+            raise ConfigError(f"unknown {section}.{key} {cfg[section][key]!r}; choose from {', '.join(allowed)}")
     if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1:
         raise ConfigError("epochs and batch_size must be positive")
+    o = cfg["optimizer"]
+    if o["name"] == "sgd" and o.get("nesterov") and float(o.get("momentum", 0)) <= 0:
+        raise ConfigError("Nesterov momentum needs a momentum above 0 (give --momentum, or drop --nesterov)")
+    if float(o["lr"]) < 0 or float(o.get("weight_decay", 0)) < 0 or float(o.get("momentum", 0)) < 0:
+        raise ConfigError("optimizer lr, weight_decay and momentum must not be negative")
+    if cfg["schedule"]["warmup_epochs"] is None:
+        cfg["schedule"]["warmup_epochs"] = 1 if cfg["schedule"]["name"] == "cosine" else 0
+    if float(cfg["schedule"]["warmup_epochs"]) < 0 or int(cfg["schedule"]["step_size"]) < 1:
+        raise ConfigError("schedule.warmup_epochs must be >= 0 and schedule.step_size >= 1")
+    if cfg["distill"]["teacher"] and cfg["task"] != "classifier":
+        raise ConfigError("distillation needs a classifier student")
+    if cfg["distill"]["teacher"] and not 0 <= float(cfg["distill"]["alpha"]) <= 1:
+        raise ConfigError("distill.alpha must be between 0 and 1")
     if not 0 < float(cfg["dataset"]["val_fraction"]) < 1:
         raise ConfigError("dataset.val_fraction must be between 0 and 1")
     if cfg["name"] is None:
@@ -93,24 +140,99 @@ def resolve_config(run: dict, defaults: dict | None = None) -> dict:
     return cfg
 
 
-def load_profile(profile: str | Path) -> tuple[list[dict], Path]:
-    """Read a profile by name (``quick``, ``full``) or path; return resolved run configs."""
+def set_dotted(d: dict, key: str, value) -> dict:
+    """``set_dotted(run, "optimizer.lr", 0.1)``: a nested override, as study grids and ``--set`` give them."""
+    *path, last = key.split(".")
+    node = d
+    for k in path:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {k} is not a table")
+    node[last] = value
+    return d
+
+
+def expand_study(data: dict, path: Path) -> list[dict]:
+    """A study's runs: each ``[[variants]]`` entry (or one unnamed variant) times every point of
+    ``[grid]`` (dotted keys to lists of values), each merged over ``[defaults]``. Every variant has
+    the same seed unless it sets one, so variants of one model start from the same weights."""
+    variants = data.get("variants") or [{}]
+    grid = data.get("grid") or {}
+    for k, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{k} must be a non-empty list")
+    runs = []
+    for v in variants:
+        for point in itertools.product(*grid.values()):
+            run = _normalise_run(copy.deepcopy(v))
+            labels = [run.pop("name")] if "name" in run else []
+            for k, value in zip(grid, point):
+                set_dotted(run, k, value)
+                labels.append(f"{k.rsplit('.', 1)[-1]}={value}")
+            run["name"] = "-".join(labels) or "base"
+            runs.append(run)
+    return runs
+
+
+def read_config_file(path: Path) -> dict:
+    text = path.read_text()
+    try:
+        return (yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from None
+
+
+def find_config(profile: str | Path | None = None, study: str | None = None) -> Path:
+    """A profile (``quick``, ``full``), a study (``lr-mnist``) or a path to either."""
+    if study:
+        path = STUDIES_DIR / f"{study}.toml"
+        if not path.is_file():
+            raise ConfigError(f"no study {study!r}; studies: {', '.join(list_studies())}")
+        return path
     path = Path(profile)
     if not path.suffix:
         path = PROFILES_DIR / f"{profile}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
-        raise ConfigError(f"no profile {str(profile)!r}: give a TOML/YAML file or one of: {known}")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot parse {path}: {e}") from None
-    runs = (data or {}).get("runs")
+        raise ConfigError(f"no profile {str(profile)!r}: give a TOML/YAML file or one of: {known}; "
+                          f"studies (--study): {', '.join(list_studies())}")
+    return path
+
+
+def load_profile(profile: str | Path, overrides: dict | None = None) -> tuple[list[dict], Path, dict | None]:
+    """Read a profile or study file (by name or path); return its resolved run configs, the path,
+    and the study's description (``[study]``; None for a profile). ``overrides`` (dotted keys,
+    ``train-all --set``) apply to every run, e.g. a shortened run of a long study."""
+    path = find_config(profile)
+    data = read_config_file(path)
+    study = data.get("study")
+    runs = expand_study(data, path) if study is not None else data.get("runs")
     if not runs:
-        raise ConfigError(f"{path} has no [[runs]]")
+        raise ConfigError(f"{path} has no [[runs]] (a profile) and no [study] (a study)")
+    for run in runs:
+        for k, v in (overrides or {}).items():
+            set_dotted(run, k, v)
     configs = [resolve_config(r, data.get("defaults")) for r in runs]
     names = [c["name"] for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be unique, got {names}")
-    return configs, path
+    if study is not None:
+        study = {"name": path.stem, "title": path.stem, "report": "", "reported": "", "measures": [], "zoom": 10,
+                 "notes": "", **study, "variants": names, "overrides": overrides or {},
+                 "test_curves": any(c["test_curves"] for c in configs)}
+    return configs, path, study
+
+
+def list_studies() -> list[str]:
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
+
+
+def study_titles() -> dict[str, str]:
+    """name -> title of every shipped study, for ``train-all --help``."""
+    out = {}
+    for name in list_studies():
+        try:
+            out[name] = read_config_file(STUDIES_DIR / f"{name}.toml").get("study", {}).get("title", "")
+        except ConfigError:
+            out[name] = "(unreadable)"
+    return out

@@ -4,7 +4,11 @@
     from training.engine import fit
     summary = fit(resolve_config({"model": "lenet", "epochs": 3}), "runs/lenet")
 
-Data is loaded once, preprocessed by the same numpy ``training.data.preprocess`` the server uses,
+``fit`` is linear: ``prepare`` (resume, data, model, optimizer, the enriched config), the epoch loop,
+then ``finish`` (the test split with the best checkpoint, weight measures, snapshot exports). What
+differs between a classifier and a VAE is looked up in ``training.tasks``.
+
+Data is loaded once, preprocessed by the same numpy ``glassbox.data.preprocess`` the server uses,
 and held as tensors; a batch is one index-gather, so there is no per-sample Python on the hot path.
 Model selection uses the validation split only; the test split is scored once, at the end, with the
 best checkpoint.
@@ -17,17 +21,22 @@ import math
 import time
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data as D
+from glassbox import data as D
+from glassbox import plots
+from glassbox.io import write_json
+
 from .augment import augment
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .curves import plot_history
-from .models import create_model
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .config import ConfigError
+from .models import create_model, model_info
+from .tasks import Totals, task_of
 
 
 @functools.cache  # process wide: once is enough, however many runs train-all fits
@@ -58,10 +67,28 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def model_args_for_data(cfg: dict) -> dict:
+    """The model's constructor arguments, completed from the dataset: a model takes the dataset's
+    channels (and, when it is defined for any size, its image size) unless told otherwise, so no
+    model silently turns CIFAR-10 or LFW into 1-channel 28-px images. A size or channel count set
+    both on the dataset and on the model, differently, is a ConfigError."""
+    name, args, ds = cfg["model"]["name"], dict(cfg["model"]["args"]), cfg["dataset"]
+    info = D.dataset_info(ds["name"])
+    for arg, key, value in (("in_chans", "channels", info["channels"]), ("img_size", "size", info["size"][0])):
+        wanted = ds.get(key)
+        wanted = wanted[0] if isinstance(wanted, list) else wanted
+        if arg in args and wanted is not None and int(args[arg]) != int(wanted):
+            raise ConfigError(f"{cfg['name']}: model argument {arg}={args[arg]} contradicts dataset.{key}={wanted}; "
+                              f"set one of them")
+        if arg not in args and (arg == "in_chans" or model_info(name).default_size is None or wanted is not None):
+            args[arg] = int(wanted if wanted is not None else value)
+    return args
+
+
 def preprocessing_spec(cfg: dict, model: nn.Module) -> dict:
     """The normalization recorded with the model; the manifest copies it for the server."""
     c, size = model.in_chans, model.img_size
-    if cfg["task"] == "vae":  # VAEs model pixels in [0, 1] (BCE needs targets there)
+    if task_of(cfg).unit_pixels:
         mean, std = [0.0] * c, [1.0] * c
     else:
         info = D.dataset_info(cfg["dataset"]["name"])
@@ -79,6 +106,8 @@ def load_split(cfg: dict, split: str) -> D.ArrayDataset:
             ds = D.longtail(ds, seed=cfg["seed"])
         if ds_cfg.get("subset"):
             ds = D.random_subset(ds, int(ds_cfg["subset"]), seed=cfg["seed"])
+    elif ds_cfg.get("test_subset"):
+        ds = D.random_subset(ds, int(ds_cfg["test_subset"]), seed=cfg["seed"])
     return ds
 
 
@@ -94,6 +123,21 @@ def fingerprint(ds: D.ArrayDataset) -> str:
     return h.hexdigest()[:16]
 
 
+@torch.no_grad()
+def init_weights(model: nn.Module, ic: dict) -> None:
+    """Re-initialise every Linear/Conv weight (``normal`` N(0, std^2), ``zeros``, ``xavier``,
+    ``kaiming``) with zero biases; ``default`` keeps PyTorch's own. The reports' linear models
+    started from N(0, 1e-4)-sized weights, which this reproduces."""
+    if ic["name"] == "default":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
+            {"normal": lambda w: nn.init.normal_(w, 0.0, float(ic["std"])), "zeros": nn.init.zeros_,
+             "xavier": nn.init.xavier_uniform_, "kaiming": nn.init.kaiming_normal_}[ic["name"]](m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg["optimizer"]
     lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
@@ -102,7 +146,7 @@ def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
     rest = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
     if o["name"] == "sgd":
-        cls, kw = torch.optim.SGD, {"momentum": float(o.get("momentum", 0.9)), "nesterov": bool(o.get("nesterov", True))}
+        cls, kw = torch.optim.SGD, {"momentum": float(o.get("momentum", 0.9)), "nesterov": bool(o.get("nesterov"))}
     else:
         cls, kw = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam, "adamw": torch.optim.AdamW}[o["name"]], {}
     # The fused kernels (one pass over every parameter, CPU and CUDA) make the step ~10% of a
@@ -115,114 +159,158 @@ def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-step LambdaLR: constant, step (every ``step_size`` epochs times ``gamma``) or linear
-    warmup then cosine decay to zero."""
+    """A per-step LambdaLR: an optional linear warmup, then constant, step (times ``gamma`` every
+    ``step_size`` epochs, counted from the start), cosine decay to zero over the steps after the
+    warmup, or ``exp`` (times ``gamma`` every epoch, as report 001's MLP)."""
     s, total = cfg["schedule"], cfg["epochs"] * steps_per_epoch
-    warm = int(float(s.get("warmup_epochs", 0)) * steps_per_epoch)
+    warm = int(float(s["warmup_epochs"]) * steps_per_epoch)
 
     def factor(step: int) -> float:
-        if s["name"] == "constant":
-            return 1.0
-        if s["name"] == "step":
-            return float(s.get("gamma", 0.1)) ** (step // (int(s.get("step_size", 10)) * steps_per_epoch))
         if step < warm:
             return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        epoch = step // steps_per_epoch
+        if s["name"] == "step":
+            return float(s["gamma"]) ** (epoch // int(s["step_size"]))
+        if s["name"] == "exp":
+            return float(s["gamma"]) ** epoch
+        if s["name"] == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        return 1.0
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, dict]:
-    """Loss of one batch and its parts: cross-entropy (+ L1/L2 penalties) or the negative ELBO."""
-    lc = cfg["loss"]
-    if cfg["task"] == "vae":
-        recon, mean, logvar = model(x)
-        n = x.shape[0]
-        rec = (F.binary_cross_entropy(recon, x, reduction="sum") if lc["vae_recon"] == "bce"
-               else F.mse_loss(recon, x, reduction="sum")) / n
-        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp()) / n
-        return rec + float(lc["kl_weight"]) * kl, {"recon": rec.detach(), "kl": kl.detach()}
-    logits = model(x)
-    loss = F.cross_entropy(logits, y, label_smoothing=float(lc["label_smoothing"]))
-    if lc["l1"] or lc["l2"]:
-        weights = [p for p in model.parameters() if p.ndim > 1]
-        if lc["l1"]:
-            loss = loss + float(lc["l1"]) * sum(w.abs().sum() for w in weights)
-        if lc["l2"]:
-            loss = loss + float(lc["l2"]) * sum(w.pow(2).sum() for w in weights)
-    return loss, {"correct": (logits.argmax(1) == y).sum()}
+def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, teacher=None):
+    """Loss of one batch and its parts, as the task defines them (``training.tasks``)."""
+    return task_of(cfg).loss(model, x, y, cfg, teacher)
 
 
 def _batch(x: torch.Tensor, cfg: dict) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg["channels_last"] and x.ndim == 4 else x
 
 
-def train_one_epoch(model, opt, sched, x, y, cfg, gen, epoch: int, progress: bool = True) -> dict:
+def train_one_epoch(model, opt, sched, x, y, cfg, gen, epoch: int, progress: bool = True,
+                    teacher: torch.Tensor | None = None) -> dict:
     model.train()
+    task = task_of(cfg)
     n, bs = x.shape[0], int(cfg["batch_size"])
     perm = torch.randperm(n, generator=gen, device=gen.device).to(x.device)
-    totals = {"loss": 0.0, "correct": 0, "recon": 0.0, "kl": 0.0}
-    seen = 0
+    totals = Totals(task)
     bar = tqdm(range(0, n - bs + 1 if n >= bs else 1, bs), desc=f"{cfg['name']} epoch {epoch}/{cfg['epochs']}",
                leave=False, disable=not progress, unit="batch")
-    for start in bar:
+    for i, start in enumerate(bar):
         idx = perm[start:start + bs]
-        xb, yb = augment(x[idx], cfg["augment"], gen) if cfg["task"] == "classifier" else x[idx], y[idx]
-        loss, parts = compute_loss(model, _batch(xb, cfg), yb, cfg)
+        xb = augment(x[idx], cfg["augment"], gen) if task.augments else x[idx]
+        loss, parts = compute_loss(model, _batch(xb, cfg), y[idx], cfg, None if teacher is None else teacher[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["clip_grad_norm"]:
             nn.utils.clip_grad_norm_(model.parameters(), float(cfg["clip_grad_norm"]))
         opt.step()
         sched.step()
-        m = idx.shape[0]
-        seen += m
-        totals["loss"] += loss.item() * m
-        for k, v in parts.items():
-            totals[k] += v.item() * (1 if k == "correct" else m)
-        if progress and (start // bs) % 20 == 0:
-            post = {"loss": f"{totals['loss'] / seen:.4f}"}
-            if cfg["task"] == "classifier":
-                post["acc"] = f"{totals['correct'] / seen:.4f}"
-            bar.set_postfix(post)
-    return _summarise(totals, seen, cfg["task"], "train")
+        totals.add(loss, parts, idx.shape[0])
+        if progress and i % 20 == 0:
+            bar.set_postfix({k.removeprefix("train_"): f"{v:.4f}" for k, v in totals.summary("train").items()})
+    return totals.summary("train")
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, prefix: str = "val") -> dict:
+    """The task's loss (without a teacher: the loss against the labels) and metrics on a split."""
     model.eval()
-    totals, bs = {"loss": 0.0, "correct": 0, "recon": 0.0, "kl": 0.0}, int(cfg["eval_batch_size"])
+    totals, bs = Totals(task_of(cfg)), int(cfg["eval_batch_size"])
     for start in range(0, x.shape[0], bs):
         xb, yb = x[start:start + bs], y[start:start + bs]
         loss, parts = compute_loss(model, _batch(xb, cfg), yb, cfg)
-        totals["loss"] += loss.item() * xb.shape[0]
-        for k, v in parts.items():
-            totals[k] += v.item() * (1 if k == "correct" else xb.shape[0])
-    return _summarise(totals, x.shape[0], cfg["task"], prefix)
+        totals.add(loss, parts, xb.shape[0])
+    return totals.summary(prefix)
 
 
-def _summarise(t: dict, n: int, task: str, prefix: str) -> dict:
-    if task == "vae":
-        return {f"{prefix}_loss": t["loss"] / n, f"{prefix}_recon": t["recon"] / n, f"{prefix}_kl": t["kl"] / n}
-    return {f"{prefix}_loss": t["loss"] / n, f"{prefix}_acc": t["correct"] / n}
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, cfg: dict) -> torch.Tensor:
+    model.eval()
+    bs = int(cfg["eval_batch_size"])
+    return torch.cat([model(_batch(x[s:s + bs], cfg)).float() for s in range(0, x.shape[0], bs)])
 
 
-def fit(cfg: dict, out_dir: str | Path, *, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train one run into ``out_dir`` (best.pt, last.pt, config.json, history.json, metrics.json,
-    curves.png); return its metrics. ``resume`` continues from ``out_dir/last.pt``."""
-    out = Path(out_dir)
-    t0 = time.perf_counter()
-    tune_allocator()
-    last_path, best_path = out / "last.pt", out / "best.pt"
+def teacher_outputs(cfg: dict, train: D.ArrayDataset) -> torch.Tensor:
+    """The teacher's logits for every training image, computed once (without augmentation) and
+    reused every epoch. The teacher is a run (its best.pt, or a .pt file) run with torch, or an
+    exported model (a version folder, a model folder, or its classifier.onnx) run with onnxruntime;
+    each preprocesses the images its own way, as it was trained."""
+    from glassbox.manifest import read_manifest, versions
+    src = Path(cfg["distill"]["teacher"])
+    if src.is_dir() and (src / "best.pt").is_file():
+        src = src / "best.pt"
+    if src.suffix == ".pt":
+        teacher, ckpt = model_from_checkpoint(src)
+        ds = ckpt["config"]["dataset"]
+        x = torch.from_numpy(D.preprocess(train.images, {k: ds[k] for k in ("channels", "size", "mean", "std")}))
+        return predict(teacher, x, {"eval_batch_size": 1024, "channels_last": False})
+    if src.is_file() and src.name == "classifier.onnx":
+        src = src.parent
+    elif src.is_dir() and not (src / "manifest.json").is_file() and versions(src):
+        src = src / str(versions(src)[-1])
+    if not (src / "manifest.json").is_file():
+        raise ConfigError(f"teacher {cfg['distill']['teacher']!r}: not a run folder, checkpoint (.pt) or exported model")
+    import onnxruntime as ort
+    man = read_manifest(src)
+    sess = ort.InferenceSession(str(src / man["graphs"]["classifier"]["file"]), providers=["CPUExecutionProvider"])
+    x = D.preprocess(train.images, man["preprocessing"])
+    return torch.from_numpy(np.concatenate([sess.run(["logits"], {"input": x[s:s + 1024]})[0]
+                                            for s in range(0, len(x), 1024)]))
+
+
+def weight_measures(model: nn.Module) -> dict:
+    """Size and sparsity of the weights (matrices and kernels; biases and norms excluded): the L2
+    norm and how many have |w| > 1e-3, as report 001 compared lasso and ridge."""
+    w = torch.cat([p.detach().flatten() for p in model.parameters() if p.ndim > 1])
+    return {"weight_l2": float(w.norm()), "weights_above_1e-3": int((w.abs() > 1e-3).sum()), "weights_total": w.numel()}
+
+
+def first_layer(model: nn.Module) -> np.ndarray:
+    """The first weight matrix or kernel bank, for drawing (report 001's ten 28x28 weight images)."""
+    return next(p for p in model.parameters() if p.ndim > 1).detach().cpu().float().numpy()
+
+
+@dataclass
+class Run:
+    """Everything the epoch loop needs, built by ``prepare``."""
+    cfg: dict
+    out: Path
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    gen: torch.Generator
+    spec: dict
+    train: tuple
+    val: tuple
+    test: tuple | None = None          # only when the config asks for per-epoch test curves
+    teacher: torch.Tensor | None = None
+    history: list = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int = 0
+    start_epoch: int = 1
+    snapshots: list = field(default_factory=list)
+
+
+def prepare(cfg: dict, out: Path, resume: bool, log=print) -> Run:
+    """Resume state, data, model, optimizer and schedule; the config enriched with what the run
+    resolved (model args, classes, normalization, split sizes and fingerprint) and written out."""
     state = None
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path)
+    if resume and (out / "last.pt").is_file():
+        state = load_checkpoint(out / "last.pt")
         cfg = {**state["config"], "epochs": max(int(cfg["epochs"]), int(state["config"]["epochs"]))}
     torch.manual_seed(cfg["seed"])
     device = select_device(cfg["device"])
-    model = create_model(cfg["model"]["name"], **cfg["model"]["args"])
+    try:
+        model = create_model(cfg["model"]["name"], **model_args_for_data(cfg))
+    except (TypeError, ValueError) as e:  # bad --model-arg: one line, not a traceback
+        raise ConfigError(f"{cfg['name']}: cannot build {cfg['model']['name']!r}: {e}") from None
+    init_weights(model, cfg["init"])
     cfg = {**cfg, "model": {"name": cfg["model"]["name"], "args": dict(model.args)}}
     spec = preprocessing_spec(cfg, model)
-    train_ds, val_ds = D.train_val_split(load_split(cfg, "train"), float(cfg["dataset"]["val_fraction"]), seed=cfg["seed"])
+    train_ds, val_ds = D.train_val_split(load_split(cfg, "train"), float(cfg["dataset"]["val_fraction"]),
+                                         seed=cfg["seed"])
     cfg["dataset"] = {**cfg["dataset"], "classes": list(train_ds.classes), "channels": spec["channels"],
                       "size": spec["size"], "mean": spec["mean"], "std": spec["std"],
                       "train_images": len(train_ds), "val_images": len(val_ds),
@@ -233,61 +321,124 @@ def fit(cfg: dict, out_dir: str | Path, *, resume: bool = False, progress: bool 
                              f"(data or split code changed); resuming would leak training images into model "
                              f"selection. Start the run afresh (without --resume) or restore the data.")
     cfg["resolved_device"] = str(device)
-    xt, yt = to_tensors(train_ds, spec, device)
-    xv, yv = to_tensors(val_ds, spec, device)
-
     model.to(device)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
-    steps = max(1, len(train_ds) // int(cfg["batch_size"]))
     opt = build_optimizer(cfg, model)
-    sched = build_scheduler(cfg, opt, steps)
-    gen = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
-    key = "val_acc" if cfg["task"] == "classifier" else "val_loss"
-    better = (lambda a, b: a > b + cfg["early_stopping"]["min_delta"]) if key == "val_acc" else \
-             (lambda a, b: a < b - cfg["early_stopping"]["min_delta"])
-    history, best, best_epoch, start_epoch = [], None, 0, 1
+    run = Run(cfg, out, model, opt, build_scheduler(cfg, opt, max(1, len(train_ds) // int(cfg["batch_size"]))),
+              torch.Generator(device=device).manual_seed(int(cfg["seed"])), spec,
+              to_tensors(train_ds, spec, device), to_tensors(val_ds, spec, device))
+    if cfg["test_curves"]:
+        run.test = to_tensors(load_split(cfg, "test"), spec, device)
+    if cfg["distill"]["teacher"]:
+        run.teacher = teacher_outputs(cfg, train_ds).to(device)
+        log(f"{cfg['name']}: distilling from {cfg['distill']['teacher']} ({cfg['distill']['loss']})")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["rng"].to(gen.device) if gen.device.type == "cpu" else state["rng"])
-        history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
-        best, best_epoch = state["metrics"].get("best_val"), state["metrics"].get("best_epoch", 0)
+        run.sched.load_state_dict(state["scheduler"])
+        # ``rng`` holds the batch-order generator's state, so a resumed run draws the same batches
+        # (and augmentations) as an uninterrupted one would have.
+        run.gen.set_state(state["rng"].to(run.gen.device) if run.gen.device.type == "cpu" else state["rng"])
+        run.history, run.start_epoch = list(state["history"]), int(state["epoch"]) + 1
+        run.best, run.best_epoch = state["metrics"].get("best_val"), state["metrics"].get("best_epoch", 0)
+        run.snapshots = list(state.get("snapshots", []))
         log(f"{cfg['name']}: resuming from epoch {state['epoch']} of {cfg['epochs']}")
     write_json(out / "config.json", cfg)
+    return run
 
-    patience = cfg["early_stopping"]["patience"]
-    for epoch in range(start_epoch, int(cfg["epochs"]) + 1):
+
+def _snapshot_tags(run: Run, row: dict) -> list[str]:
+    """Snapshot triggers hit by this epoch: a chosen epoch, or train accuracy first crossing a level."""
+    sc, taken = run.cfg["snapshots"], {s["tag"] for s in run.snapshots}
+    tags = [f"epoch-{row['epoch']}"] if row["epoch"] in sc["epochs"] else []
+    tags += [f"train_acc-{level:g}" for level in sc["train_acc"] if row.get("train_acc", 0) >= level]
+    return [t for t in tags if t not in taken]
+
+
+def train_epochs(run: Run, progress: bool, log) -> None:
+    cfg, task = run.cfg, task_of(run.cfg)
+    min_delta, patience = cfg["early_stopping"]["min_delta"], cfg["early_stopping"]["patience"]
+    for epoch in range(run.start_epoch, int(cfg["epochs"]) + 1):
         te = time.perf_counter()
-        row = {"epoch": epoch, **train_one_epoch(model, opt, sched, xt, yt, cfg, gen, epoch, progress),
-               **evaluate(model, xv, yv, cfg), "lr": opt.param_groups[0]["lr"]}
+        row = {"epoch": epoch, **train_one_epoch(run.model, run.opt, run.sched, *run.train, cfg, run.gen, epoch,
+                                                 progress, run.teacher),
+               **evaluate(run.model, *run.val, cfg)}
+        if run.test is not None:  # for the curves only: model selection stays on validation
+            row.update(evaluate(run.model, *run.test, cfg, prefix="test"))
+        row["lr"] = run.opt.param_groups[0]["lr"]
         row["seconds"] = round(time.perf_counter() - te, 2)
-        history.append(row)
-        improved = best is None or better(row[key], best)
+        run.history.append(row)
+        value = row[task.val_key]
+        improved = run.best is None or (value > run.best + min_delta if task.higher_is_better
+                                        else value < run.best - min_delta)
         if improved:
-            best, best_epoch = row[key], epoch
-        metrics = {"val_metric": key, "best_val": best, "best_epoch": best_epoch}
-        ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "metrics": metrics, "history": history, "config": cfg, "rng": gen.get_state().cpu()}
+            run.best, run.best_epoch = value, epoch
+        for tag in _snapshot_tags(run, row):
+            run.snapshots.append({"tag": tag, "epoch": epoch, "train_acc": row.get("train_acc"),
+                                  "checkpoint": f"snapshots/{tag}.pt"})
+        ckpt = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+                "epoch": epoch, "metrics": {"val_metric": task.val_key, "best_val": run.best,
+                                            "best_epoch": run.best_epoch},
+                "history": run.history, "config": cfg, "rng": run.gen.get_state().cpu(), "snapshots": run.snapshots}
+        for s in run.snapshots:
+            if s["epoch"] == epoch:
+                save_checkpoint(run.out / s["checkpoint"], ckpt)
         if improved:
-            save_checkpoint(best_path, ckpt)
-        save_checkpoint(last_path, ckpt)
-        write_json(out / "history.json", history)
-        plot_history(history, out / "curves.png", title=cfg["name"])
+            save_checkpoint(run.out / "best.pt", ckpt)
+        save_checkpoint(run.out / "last.pt", ckpt)
+        write_json(run.out / "history.json", run.history)
+        plots.save(plots.curves_figure(run.history, cfg["name"]), run.out / "curves.png")
         shown = {k: round(v, 4) for k, v in row.items() if k not in ("epoch", "lr", "seconds")}
         log(f"{cfg['name']} epoch {epoch}/{cfg['epochs']} {shown} {row['seconds']:.1f}s" + (" *" if improved else ""))
-        if patience and epoch - best_epoch >= int(patience):
-            log(f"{cfg['name']}: early stop, no {key} improvement for {patience} epochs")
+        if not math.isfinite(row["train_loss"]):
+            log(f"{cfg['name']}: training diverged (loss {row['train_loss']}), stopped")
+            break
+        if patience and epoch - run.best_epoch >= int(patience):
+            log(f"{cfg['name']}: early stop, no {task.val_key} improvement for {patience} epochs")
             break
 
-    # The test split is scored once, with the best checkpoint.
-    best_ckpt = load_checkpoint(best_path, map_location=device)
-    model.load_state_dict(best_ckpt["model"])
-    test_ds = load_split(cfg, "test")
-    test = evaluate(model, *to_tensors(test_ds, spec, device), cfg, prefix="test")
-    metrics = {**best_ckpt["metrics"], **test, "test_images": len(test_ds), "epochs_run": len(history),
-               "wall_seconds": round(time.perf_counter() - t0, 1)}
-    save_checkpoint(best_path, {**best_ckpt, "metrics": metrics})
-    write_json(out / "metrics.json", metrics)
+
+def finish(run: Run, t0: float, log) -> dict:
+    """Score the test split once, with the best checkpoint; record measures; export snapshots."""
+    cfg, device = run.cfg, next(run.model.parameters()).device
+    best_ckpt = load_checkpoint(run.out / "best.pt", map_location=device)
+    run.model.load_state_dict(best_ckpt["model"])
+    x, y = run.test if run.test is not None else to_tensors(load_split(cfg, "test"), run.spec, device)
+    metrics = {**best_ckpt["metrics"], **evaluate(run.model, x, y, cfg, prefix="test"), "test_images": len(y),
+               "epochs_run": len(run.history), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    if cfg["task"] == "classifier":
+        pred = predict(run.model, x, cfg).argmax(1)
+        metrics["per_class_acc"] = [float((pred[y == c] == c).float().mean()) if (y == c).any() else None
+                                    for c in range(len(cfg["dataset"]["classes"]))]
+        metrics.update(weight_measures(run.model))
+        np.save(run.out / "first_layer.npy", first_layer(run.model))
+    if run.snapshots:
+        export_snapshots(run, log)
+    save_checkpoint(run.out / "best.pt", {**best_ckpt, "metrics": metrics})
+    write_json(run.out / "metrics.json", metrics)
     return metrics
+
+
+def export_snapshots(run: Run, log) -> None:
+    """Export each snapshot (parity-gated like any export) into ``<run>/snapshots/exported``, so
+    ``analyze snapshots`` reads its layers through the ONNX graphs' named outputs."""
+    from .export import export_checkpoint
+    index = []
+    for s in run.snapshots:
+        name = f"{run.cfg['name']}-{s['tag']}".replace(".", "_")
+        res = export_checkpoint(run.out / s["checkpoint"], run.out / "snapshots" / "exported", name,
+                                parity_images=64, data_dir=run.cfg["dataset"].get("data_dir"))
+        index.append({**s, "model": name, "version": res.version})
+        log(f"{run.cfg['name']}: snapshot {s['tag']} exported as {name}/{res.version}")
+    write_json(run.out / "snapshots" / "index.json", index)
+
+
+def fit(cfg: dict, out_dir: str | Path, *, resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Train one run into ``out_dir`` (best.pt, last.pt, config.json, history.json, metrics.json,
+    curves.png); return its metrics. ``resume`` continues from ``out_dir/last.pt``."""
+    t0 = time.perf_counter()
+    tune_allocator()
+    run = prepare(cfg, Path(out_dir), resume, log)
+    train_epochs(run, progress, log)
+    return finish(run, t0, log)

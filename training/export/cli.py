@@ -66,7 +66,7 @@ def export(paths, repository, name, parity_images, data_dir):
     torch disagree beyond rtol 1e-3 / atol 1e-5 or on any argmax (exit code 1). A missing
     checkpoint or dataset exits with code 2.
     """
-    from ..data import DatasetError
+    from glassbox.data import DatasetError
     from . import ParityError, export_checkpoint
     try:
         ckpts = find_checkpoints(paths)

@@ -16,12 +16,13 @@ import onnxruntime
 import torch
 
 from ..checkpoint import model_from_checkpoint
-from ..data import DatasetNotFound, load_dataset, preprocess, random_subset
+from glassbox.data import DatasetNotFound, load_dataset, preprocess, random_subset
+from glassbox.io import sha256
 from . import parity
 from .gradcam import build_gradcam_graph, reference_gradcam
 from .graphs import OPSET, ClassifierGraph, DecoderGraph, EncoderGraph, export_onnx, output_shapes
 from .pbtxt import parse_triton_config, triton_config
-from .repository import publish, sha256, staging
+from .repository import publish, staging
 
 MAX_BATCH_SIZE = 256
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from google.protobuf import text_format
 
+from glassbox.manifest import MAX_QUEUE_DELAY_US
+
 TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 
 
@@ -13,7 +15,7 @@ def _tensor(t: dict) -> str:
     return f'  {{ name: "{t["name"]}" data_type: {TYPES[t["dtype"]]} dims: [ {", ".join(map(str, dims))} ] }}'
 
 
-def triton_config(triton_name: str, graph: dict, max_batch_size: int, max_queue_delay_us: int = 500) -> str:
+def triton_config(triton_name: str, graph: dict, max_batch_size: int, max_queue_delay_us: int = MAX_QUEUE_DELAY_US) -> str:
     return "\n".join([
         f'name: "{triton_name}"',
         'platform: "onnxruntime_onnx"',

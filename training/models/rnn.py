@@ -21,7 +21,7 @@ class RowRNN(nn.Module):
         return out[:, -1]
 
 
-@register_model("rowrnn", default_size=28)
+@register_model("rowrnn")  # any size and channels: takes the dataset's
 def rowrnn(num_classes: int = 10, in_chans: int = 1, img_size: int = 28, hidden: int = 512, num_layers: int = 2):
     """2-layer RNN (hidden 512) over image rows, then fc."""
     return StagedClassifier([

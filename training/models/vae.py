@@ -48,7 +48,7 @@ class _Unflatten(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
-@register_model("cvae", task="vae", default_size=28)
+@register_model("cvae", task="vae")  # any size divisible by 4, the dataset's
 def cvae(in_chans: int = 1, img_size: int = 28, latent_dim: int = 16, num_classes: int | None = None):
     """Convolutional VAE: strided convs (16, 32) -> mean/log-variance; mirrored transposed convs."""
     if img_size % 4:
@@ -64,7 +64,7 @@ def cvae(in_chans: int = 1, img_size: int = 28, latent_dim: int = 16, num_classe
     return VAE(enc, dec, 32 * s * s, latent_dim, in_chans, img_size)
 
 
-@register_model("mlpvae", task="vae", default_size=28)
+@register_model("mlpvae", task="vae")  # the dataset's size and channels
 def mlpvae(in_chans: int = 1, img_size: int = 28, latent_dim: int = 10, num_classes: int | None = None):
     """MLP VAE: 784->300->100->(mean, log-variance of 10) and its mirror."""
     d = in_chans * img_size * img_size

@@ -1,6 +1,6 @@
 """``load_dataset``: find a named dataset and read one split into memory.
 
-    from training.data import load_dataset, DatasetError
+    from glassbox.data import load_dataset, DatasetError
     ds = load_dataset("fashion-mnist", split="test")                 # ArrayDataset, uint8 images
     ds = load_dataset("mnist", data_dir="../shared/data")             # files in data_dir or data_dir/mnist
     ds = load_dataset("lfw-min20", "train", size=64, crop=150, split_seed=0)

@@ -1,6 +1,6 @@
 """Datasets as numpy arrays: readers for the real formats, splits and ``preprocess``.
 
-    from training.data import load_dataset, preprocess, dataset_info, train_val_split
+    from glassbox.data import load_dataset, preprocess, dataset_info, train_val_split
     ds = load_dataset("fashion-mnist", split="test")      # ArrayDataset: images uint8, labels int64
     info = dataset_info("fashion-mnist")                   # classes, channels, size, mean, std
     x = preprocess(ds.images, {"channels": 1, "size": info["size"], "mean": info["mean"], "std": info["std"]})

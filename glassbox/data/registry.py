@@ -1,6 +1,6 @@
 """What each named dataset is: classes, channels, native size, normalisation, where to find it.
 
-    from training.data import DATASETS, dataset_info
+    from glassbox.data import DATASETS, dataset_info
     dataset_info("cifar10")["mean"]      # [0.4913, 0.4821, 0.4465]
     list(DATASETS)                       # ['fashion-mnist', 'mnist', 'cifar10', 'lfw', 'lfw-min20']
 

@@ -1,10 +1,10 @@
 """The in-memory dataset type and the errors every reader raises.
 
-    from training.data import ArrayDataset
+    from glassbox.data import ArrayDataset
     ds = ArrayDataset(images, labels, classes=["cat", "dog"], name="pets")
     small = ds.subset([0, 5, 9])         # same classes and name, those samples
 
-Everything in ``training.data`` is numpy (and Pillow) only, so the server and the analysis CLI can
+Everything in ``glassbox.data`` is numpy (and Pillow) only, so the server and the analysis CLI can
 read data without torch.
 """
 from __future__ import annotations

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_write
 
 FORMAT = 1  # bump when a reader's output changes for the same input
 
@@ -53,15 +54,11 @@ def load(stem: str, key: str) -> dict[str, np.ndarray] | None:
 
 
 def save(stem: str, key: str, **arrays: np.ndarray) -> None:
-    directory = cache_dir()
-    tmp = None
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{stem}-", suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # uncompressed: loading is then a plain read
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the data is public, let other users share it
-        os.replace(tmp, directory / f"{stem}-{key}.npz")  # atomic: readers see all or nothing
+
+    try:  # atomic: readers see all or nothing; 0644 so other users share the (public) data
+        atomic_write(cache_dir() / f"{stem}-{key}.npz", write)
     except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        pass

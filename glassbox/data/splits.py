@@ -1,6 +1,6 @@
 """Seeded subsets and splits, reproducible from the run config's seed.
 
-    from training.data import train_val_split, longtail, random_subset, class_balanced_sample
+    from glassbox.data import train_val_split, longtail, random_subset, class_balanced_sample
     train, val = train_val_split(ds, val_fraction=0.1, seed=0)   # stratified, disjoint
     lt = longtail(ds, classes=(0, 1, 2, 3, 4), keep=0.1, seed=0)  # 10% of classes 0-4, all of the rest
     small = random_subset(ds, 1000, seed=0)

@@ -1,0 +1,276 @@
+"""``analyze compare``: the variants of one study (a ``train-all`` output folder) side by side.
+
+    analyze compare runs/weight-decay                       # -> runs/weight-decay/compare/
+    analyze compare runs/distill --zoom 5 --metric loss --out reports/distill
+
+Reads only what training wrote: ``study.json`` (optional), ``summary.json`` and each variant's
+``history.json``, ``metrics.json``, ``config.json`` and ``first_layer.npy``. No server, no torch.
+Writes compare_curves.png, first_layer_weights.png (when variants saved a drawable first layer),
+compare.json (rows + study info) and compare.md, and returns the table for stdout.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+import numpy as np
+
+from glassbox.data import DatasetError, dataset_info
+from glassbox.io import atomic_write, write_json
+
+from . import plots
+
+DEFAULT_ZOOM = 10
+MAX_UNITS = 16      # first-layer units drawn per variant: more and each image gets too small to read
+MISSING = "—"       # a value the run did not record (or NaN: a diverged run)
+EPOCH_KEYS = ("best_epoch", "epochs", "diverged_epoch")
+VALUE_KEYS = ("final_val", "best_val", "test")
+SELECTION_NOTE = "model selection on validation; test scored every epoch for the curves only"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise click.ClickException(f"{path}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise click.ClickException(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def _optional_json(path: Path) -> dict:
+    """A run's metrics.json / config.json, or {} when the run did not write it (a crashed run)."""
+    data = _read_json(path) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _first(*values):
+    """The first finite number among ``values`` (metrics.json, then summary.json, then a fallback)."""
+    return next((v for v in values if _finite(v)), None)
+
+
+def load_study(runs_dir) -> tuple[dict, list[dict]]:
+    """(study info, variants in the study's order), each variant {name, dir, history, metrics, config, summary}.
+
+    Without study.json every subfolder holding a history.json is a variant, in sorted order.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise click.ClickException(f"{runs_dir}: " + ("not a folder" if runs_dir.exists() else "no such folder"))
+    info = _read_json(runs_dir / "study.json") if (runs_dir / "study.json").is_file() else {}
+    if not isinstance(info, dict):
+        raise click.ClickException(f"{runs_dir / 'study.json'}: not a JSON object")
+    names = info.get("variants") or sorted(p.name for p in runs_dir.iterdir() if (p / "history.json").is_file())
+    if not names:
+        raise click.ClickException(f"{runs_dir}: no runs inside (no study.json and no subfolder with a history.json)")
+    if missing := [n for n in names if not (runs_dir / n / "history.json").is_file()]:
+        raise click.ClickException(f"{runs_dir / 'study.json'} lists variants without a history.json: "
+                                   f"{', '.join(missing)}")
+    summary = _optional_json(runs_dir / "summary.json")
+    by_run = {r.get("run"): r for r in summary.get("runs") or [] if isinstance(r, dict)}
+    variants = []
+    for name in names:
+        d = runs_dir / name
+        history = _read_json(d / "history.json")
+        if not isinstance(history, list) or not history or not all(isinstance(h, dict) for h in history):
+            raise click.ClickException(f"{d / 'history.json'}: want a non-empty list of per-epoch objects")
+        variants.append({"name": name, "dir": d, "history": history, "metrics": _optional_json(d / "metrics.json"),
+                         "config": _optional_json(d / "config.json"), "summary": by_run.get(name, {})})
+    recorded_test = any(_finite(h.get("test_loss")) for v in variants for h in v["history"])
+    study = {"name": info.get("name") or runs_dir.resolve().name, "title": info.get("title") or "",
+             "report": info.get("report"), "reported": info.get("reported"), "notes": info.get("notes"),
+             "measures": list(info.get("measures") or []), "zoom": int(info.get("zoom") or DEFAULT_ZOOM),
+             "test_curves": bool(info.get("test_curves", recorded_test)), "variants": list(names),
+             "profile": summary.get("profile"), "total_seconds": summary.get("total_seconds"),
+             "runs_dir": str(runs_dir), "has_study_json": bool(info)}
+    return study, variants
+
+
+def diverged_epoch(history: list[dict]) -> int | None:
+    """The first epoch whose train or val loss is null or infinite (NaN is written as null), else None."""
+    for i, h in enumerate(history):
+        if any(k in h and not _finite(h[k]) for k in ("train_loss", "val_loss")):
+            return h.get("epoch", i + 1)
+    return None
+
+
+def variant_row(v: dict, metric: str, measures: list[str]) -> dict:
+    """One row of the table: final / best val ``metric``, best epoch, test (best-by-val checkpoint), time."""
+    hist, m, s = v["history"], v["metrics"], v["summary"]
+    key = f"val_{metric}"
+    finite = [(h.get("epoch", i + 1), h[key]) for i, h in enumerate(hist) if _finite(h.get(key))]
+    if m.get("val_metric") == key and _finite(m.get("best_val")):
+        best, best_epoch = m["best_val"], m.get("best_epoch")  # what selected the checkpoint that was tested
+    elif finite:
+        best_epoch, best = (max if metric == "acc" else min)(finite, key=lambda p: p[1])  # ties: the earliest
+    else:
+        best = best_epoch = None
+    seconds = [h.get("seconds") for h in hist]
+    return {"variant": v["name"], "model": (v["config"].get("model") or {}).get("name"),
+            "final_val": _first(hist[-1].get(key)), "best_val": best, "best_epoch": best_epoch,
+            "test": _first(m.get(f"test_{metric}"), s.get(f"test_{metric}")),
+            "selected_on": m.get("val_metric") or s.get("val_metric"),
+            "epochs": _first(m.get("epochs_run"), s.get("epochs"), len(hist)),
+            "wall_seconds": _first(m.get("wall_seconds"), s.get("wall_seconds"),
+                                   sum(seconds) if all(_finite(x) for x in seconds) else None),
+            "diverged_epoch": diverged_epoch(hist),
+            **{k: m.get(k, s.get(k)) for k in measures}}
+
+
+def columns(metric: str, measures: list[str], rows: list[dict]) -> list[tuple[str, str]]:
+    """(row key, header) of the table, in order; a "diverged" column only when a run diverged."""
+    cols = [("variant", "variant"), ("final_val", f"final val {metric}"), ("best_val", f"best val {metric}"),
+            ("best_epoch", "best epoch"), ("test", f"test {metric} (best-val ckpt)"), ("epochs", "epochs"),
+            ("wall_seconds", "wall s"), *[(k, k) for k in measures]]
+    if any(r["diverged_epoch"] is not None for r in rows):
+        cols.append(("diverged_epoch", "diverged at epoch"))
+    return cols
+
+
+def cell(key: str, value, metric: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value) if not isinstance(value, (list, dict)) else f"[{len(value)} values]"
+    if key in EPOCH_KEYS or (key not in VALUE_KEYS and float(value).is_integer()):  # counts: 7840, not 7.84e+03
+        return str(int(value))
+    if key == "wall_seconds":
+        return f"{value:.1f}"
+    return f"{value:.4f}" if metric == "acc" and key in VALUE_KEYS else f"{value:.4g}"
+
+
+def table_cells(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells of a compare result (for stdout, markdown and the HTML report)."""
+    cols = result["columns"]
+    return ([h for _, h in cols],
+            [[cell(k, row.get(k), result["metric"]) for k, _ in cols] for row in result["rows"]])
+
+
+def text_table(result: dict) -> str:
+    head, rows = table_cells(result)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    # Variant names read left-aligned, numbers right-aligned so their digits line up.
+    fmt = [str.ljust if i == 0 else str.rjust for i in range(len(head))]
+    lines = ["  ".join(f(x, w) for f, x, w in zip(fmt, r, widths)) for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    s = result["study"]
+    head, rows = table_cells(result)
+    out = [f"# {s['title'] or s['name']}", ""]
+    if s.get("report"):
+        out += [f"Reproduces report {s['report']}" + (f": {s['reported']}" if s.get("reported") else "."), ""]
+    if s.get("notes"):
+        out += [s["notes"], ""]
+    out += ["| " + " | ".join(head) + " |", "|" + "|".join([":--", *["--:"] * (len(head) - 1)]) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", f"Test {result['metric']}: scored once with the checkpoint of the best validation epoch "
+                f"({SELECTION_NOTE}).", ""]
+    out += [f"![{f}]({f})" for f in result["figures"]]
+    return "\n".join(out) + "\n"
+
+
+def layer_images(w: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """A first layer's weights as images ([units, H, W], or [units, k, k, 3] RGB kernels), or (None, why not)."""
+    if w.ndim == 2:
+        units, n = w.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            return None, f"first layer [{units}, {n}]: {n} inputs are not a square image"
+        if units > MAX_UNITS:
+            return None, f"first layer [{units}, {n}]: more than {MAX_UNITS} units to draw as images"
+        return w.reshape(units, side, side), "linear"
+    if w.ndim == 4:
+        kernels = w[:MAX_UNITS]
+        if w.shape[1] == 3:
+            return np.transpose(kernels, (0, 2, 3, 1)), "conv"
+        # One input channel per kernel image: grayscale nets have one; others show channel 0.
+        return kernels[:, 0], "conv" if w.shape[1] == 1 else f"conv, input channel 0 of {w.shape[1]}"
+    return None, f"first layer shape {list(w.shape)} is neither [out, in] nor [out, C, k, k]"
+
+
+def _classes(config: dict) -> list[str]:
+    ds = config.get("dataset") or {}
+    if ds.get("classes"):
+        return [str(c) for c in ds["classes"]]
+    try:
+        return [str(c) for c in dataset_info(ds.get("name", "")).get("classes") or []]
+    except DatasetError:
+        return []
+
+
+def first_layer_figure(study: dict, variants: list[dict]):
+    """(figure or None, notes): one row of weight images per variant that saved a drawable first_layer.npy."""
+    rows, notes, col_titles = [], [], None
+    for v in variants:
+        path = v["dir"] / "first_layer.npy"
+        if not path.is_file():
+            continue
+        try:
+            w = np.load(path, allow_pickle=False).astype(np.float32)
+        except ValueError as e:
+            raise click.ClickException(f"{path}: not a numpy array file ({e})") from None
+        images, kind = layer_images(w)
+        if images is None:
+            notes.append(f"{v['name']}: {kind}")
+            continue
+        rows.append((v["name"], images))
+        if col_titles is None:
+            classes = _classes(v["config"])
+            # A linear first layer with one unit per class is the classifier itself (logistic
+            # regression): its units are the classes, as in "the weights as ten 28x28 images".
+            named = kind == "linear" and len(images) == len(classes)
+            col_titles = classes if named else [f"{'unit' if kind == 'linear' else 'kernel'} {i}"
+                                                for i in range(len(images))]
+    if not rows:
+        return None, notes
+    title = (f"{study['title'] or study['name']}: first-layer weights, one image per unit "
+             "(red > 0 > blue, range symmetric per row)")
+    return plots.weights_figure(rows, col_titles, title), notes
+
+
+def subtitle(study: dict) -> str:
+    parts = []
+    if study.get("report"):
+        parts.append(f"report {study['report']}" + (f": {study['reported']}" if study.get("reported") else ""))
+    if study["test_curves"]:
+        parts.append(SELECTION_NOTE)
+    return " | ".join(parts)
+
+
+def run(runs_dir, out=None, zoom: int | None = None, metric: str | None = None) -> dict:
+    """Draw and write everything for one study; return the compare.json content."""
+    study, variants = load_study(runs_dir)
+    out = Path(out) if out else Path(runs_dir) / "compare"
+    zoom = zoom or study["zoom"]
+    has_acc = any(_finite(h.get("val_acc")) for v in variants for h in v["history"])
+    if metric == "acc" and not has_acc:
+        raise click.ClickException(f"no variant of {runs_dir} records val_acc (a VAE study?); use --metric loss")
+    metric = metric or ("acc" if has_acc else "loss")
+    rows = [variant_row(v, metric, study["measures"]) for v in variants]
+    histories = {v["name"]: v["history"] for v in variants}
+    labels = {r["variant"]: r["variant"] + (f" (diverged, epoch {r['diverged_epoch']})" if r["diverged_epoch"]
+                                            is not None else "") for r in rows}
+    kinds = plots.curve_kinds(list(histories.values()))
+    curves = {name: [("train_label_loss" if split == "label" else f"{split}_{kind}")
+                     for kind in kinds for split in plots.curve_series(h, kind)] for name, h in histories.items()}
+    plots.save(plots.compare_curves_figure(histories, study["title"] or study["name"], subtitle(study), zoom, labels),
+               out / "compare_curves.png")
+    figures = ["compare_curves.png"]
+    fig, notes = first_layer_figure(study, variants)
+    if fig is not None:
+        plots.save(fig, out / "first_layer_weights.png")
+        figures.append("first_layer_weights.png")
+    result = {"study": {**study, "zoom": zoom}, "metric": metric, "columns": columns(metric, study["measures"], rows),
+              "rows": rows, "curves": curves, "figures": figures, "notes": notes, "out": str(out)}
+    write_json(out / "compare.json", result)
+    text = markdown(result)
+    atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text))
+    return result

@@ -1,0 +1,129 @@
+"""What differs between a classifier and a VAE, in one table the engine and the exporter look up.
+
+    from training.tasks import task_of
+    task = task_of(cfg)                       # TASKS[cfg["task"]]
+    loss, parts = task.loss(model, x, y, cfg, teacher_out)
+    row = task.summary(totals, prefix="val")  # {"val_loss", "val_acc"} or {"val_loss", "val_recon", "val_kl"}
+
+Adding a task means adding one entry here (and its graphs in ``training/export/exporter.py``), not an
+``if task == ...`` in every file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def label_loss(logits: torch.Tensor, y: torch.Tensor, lc: dict) -> torch.Tensor:
+    """Cross-entropy, or MSE between the outputs and one-hot targets (as the reports' linear
+    models and MLP trained): on the logits, or on the softmax with ``mse_on = "softmax"``."""
+    if lc["name"] == "mse":
+        out = logits.softmax(1) if lc.get("mse_on") == "softmax" else logits
+        return F.mse_loss(out, F.one_hot(y, logits.shape[1]).to(out.dtype))
+    return F.cross_entropy(logits, y, label_smoothing=float(lc["label_smoothing"]))
+
+
+def penalty(model: nn.Module, lc: dict) -> torch.Tensor | float:
+    """L1 (lasso) and L2 (ridge) sums over the weights, and the biases too with ``penalize_bias``
+    (the reports penalised every parameter); norm parameters are never penalised."""
+    if not (lc["l1"] or lc["l2"]):
+        return 0.0
+    params = [p for p in model.parameters() if p.ndim > 1 or (lc.get("penalize_bias") and p.ndim == 1)]
+    total = 0.0
+    if lc["l1"]:
+        total = total + float(lc["l1"]) * sum(p.abs().sum() for p in params)
+    if lc["l2"]:
+        total = total + float(lc["l2"]) * sum(p.pow(2).sum() for p in params)
+    return total
+
+
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, dc: dict) -> torch.Tensor:
+    """Fit the teacher's outputs: MSE on the logits, or KL between temperature-softened
+    distributions (scaled by T^2 so gradients keep their size as T changes, as Hinton et al.)."""
+    if dc["loss"] == "mse":
+        return F.mse_loss(logits, teacher)
+    t = float(dc["temperature"])
+    return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                    reduction="batchmean") * t * t
+
+
+def classifier_loss(model, x, y, cfg, teacher=None):
+    lc = cfg["loss"]
+    logits = model(x)
+    labels = label_loss(logits, y, lc)
+    if teacher is not None:  # distillation: the label loss is still reported, for comparison
+        alpha = float(cfg["distill"]["alpha"])
+        loss = alpha * distill_loss(logits, teacher, cfg["distill"]) + (1 - alpha) * labels
+    else:
+        loss = labels
+    parts = {"correct": (logits.argmax(1) == y).sum()}
+    if teacher is not None:
+        parts["label_loss"] = labels.detach()
+    return loss + penalty(model, lc), parts
+
+
+def vae_loss(model, x, y, cfg, teacher=None):
+    """The negative ELBO per image: reconstruction (BCE, MSE or L1, summed over pixels) + KL."""
+    lc = cfg["loss"]
+    recon, mean, logvar = model(x)
+    n = x.shape[0]
+    rec_fn = {"bce": F.binary_cross_entropy, "mse": F.mse_loss, "l1": F.l1_loss}[lc["vae_recon"]]
+    rec = rec_fn(recon, x, reduction="sum") / n
+    kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp()) / n
+    return rec + float(lc["kl_weight"]) * kl, {"recon": rec.detach(), "kl": kl.detach()}
+
+
+def classifier_summary(t: dict, prefix: str) -> dict:
+    out = {f"{prefix}_loss": t["loss"] / t["n"], f"{prefix}_acc": t["correct"] / t["n"]}
+    if "label_loss" in t:
+        out[f"{prefix}_label_loss"] = t["label_loss"] / t["n"]
+    return out
+
+
+def vae_summary(t: dict, prefix: str) -> dict:
+    return {f"{prefix}_loss": t["loss"] / t["n"], f"{prefix}_recon": t["recon"] / t["n"],
+            f"{prefix}_kl": t["kl"] / t["n"]}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    loss: Callable            # (model, x, y, cfg, teacher_outputs | None) -> (loss, {part: batch value})
+    summary: Callable         # (totals, prefix) -> the history row's entries for that split
+    val_key: str              # what model selection and early stopping watch
+    higher_is_better: bool
+    counts: tuple[str, ...]   # parts that are counts over the batch (summed as is, not weighted by size)
+    augments: bool            # training-time augmentation applies (pixels of a VAE are its targets)
+    unit_pixels: bool         # inputs in [0, 1] instead of normalised (a VAE's BCE needs targets there)
+    graphs: tuple[str, ...]   # the ONNX graphs export writes (Grad-CAM only where a model has a CAM layer)
+
+
+TASKS = {
+    "classifier": Task("classifier", classifier_loss, classifier_summary, "val_acc", True, ("correct",), True, False,
+                       ("classifier", "gradcam")),
+    "vae": Task("vae", vae_loss, vae_summary, "val_loss", False, (), False, True, ("encoder", "decoder")),
+}
+
+
+def task_of(cfg_or_name: dict | str) -> Task:
+    return TASKS[cfg_or_name if isinstance(cfg_or_name, str) else cfg_or_name["task"]]
+
+
+class Totals:
+    """Sums of a split's loss and parts over batches: one accumulator for training and evaluation."""
+
+    def __init__(self, task: Task):
+        self.task, self.t = task, {"loss": 0.0, "n": 0}
+
+    def add(self, loss: torch.Tensor, parts: dict, n: int) -> None:
+        self.t["n"] += n
+        self.t["loss"] += loss.item() * n
+        for k, v in parts.items():
+            self.t[k] = self.t.get(k, 0.0) + v.item() * (1 if k in self.task.counts else n)
+
+    def summary(self, prefix: str) -> dict:
+        return self.task.summary(self.t, prefix)
