@@ -39,6 +39,7 @@ demo: setup
 	scripts/demo.sh
 
 test: setup browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
 train-full: setup

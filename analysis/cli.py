@@ -1,4 +1,4 @@
-"""``analyze``: figures and numbers from a running Glassbox server.
+"""``analyze``: figures and numbers from a running Glassbox server, and from training's run folders.
 
     analyze embeddings --model lenet --layer fc1 --out reports/lenet
     analyze embeddings --model lenet --layer all --thumbnails
@@ -6,6 +6,9 @@
     analyze accuracy --model lenet
     analyze vae --model cvae --steps 10
     analyze report --out reports/demo
+    analyze compare runs/weight-decay --zoom 10             # a study's variants side by side (no server)
+    analyze snapshots runs/features/lenet --layer conv1     # features across training snapshots (no server)
+    analyze report --study runs/weight-decay --out reports/studies
 
 Every command writes PNGs and a JSON of every figure it computed into --out, and prints a summary.
 """
@@ -135,6 +138,49 @@ def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, s
 
 
 @cli.command(context_settings=CTX)
+@click.argument("runs_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory [default: RUNS_DIR/compare].")
+@click.option("--zoom", type=click.IntRange(1), default=None,
+              help="Epochs in the first/last zoom panels [default: study.json's zoom, else 10].")
+@click.option("--metric", type=click.Choice(["acc", "loss"]), default=None,
+              help="Validation metric of the table [default: acc when the runs record it, else loss].")
+def compare(runs_dir, out, zoom, metric):
+    """Curves, results table and first-layer weights of a study's variants (a train-all output folder)."""
+    from . import compare as cmp
+    result = cmp.run(runs_dir, out, zoom, metric)
+    s = result["study"]
+    click.echo(f"{s['title'] or s['name']}: {len(result['rows'])} variants"
+               + (f" (report {s['report']})" if s.get("report") else ""))
+    click.echo(cmp.text_table(result))
+    for note in result["notes"]:
+        click.echo(f"first layer not drawn for {note}")
+    click.echo(f"wrote {result['out']}/{', '.join(result['figures'])}, compare.json, compare.md")
+
+
+@cli.command(context_settings=CTX)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--layer", default=None, help="Layer whose feature maps to draw (a classifier's; not for VAEs).")
+@click.option("--images", type=click.IntRange(1, 16), default=4,
+              help="Test images (the first of a seeded class-balanced pick).")
+@click.option("--channels", type=click.IntRange(1, 64), default=8, help="Feature-map channels per image.")
+@click.option("--seed", type=int, default=0, help="Seed for the image pick.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Dataset directory (else the usual search).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory [default: RUN_DIR].")
+def snapshots(run_dir, layer, images, channels, seed, data_dir, out):
+    """Feature maps (or a VAE's reconstructions) of the same images at each training snapshot of one run."""
+    from . import snapshots as snap
+    result = snap.run(run_dir, layer, out, images, channels, seed, data_dir)
+    for s in result["snapshots"]:
+        extra = (f"mean activation {s['mean_activation']:.3g}, active {s['active_fraction']:.0%}"
+                 if result["task"] == "classifier" else f"reconstruction MSE {s['mse']:.4f}")
+        click.echo(f"{s['tag']}: {extra}")
+    click.echo(f"wrote {Path(out or run_dir) / result['figures'][0]} and its .json")
+
+
+@cli.command(context_settings=CTX)
 @click.option("--server", default="127.0.0.1:8500", help="host:port of a running `serve`.")
 @click.option("--model", "models", multiple=True, help="Model to include (repeatable) [default: every ready model].")
 @click.option("--dataset", "dataset_name", default=None, help="Dataset to draw images from [default: each model's].")
@@ -144,9 +190,20 @@ def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, s
 @click.option("--out", type=click.Path(file_okay=False), default="reports", help="Output directory.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
               help="Threads for t-SNE and the metrics [default: half the cores; more than the free cores is much slower].")
-def report(server, models, dataset_name, split, data_dir, per_class, out, jobs):
+@click.option("--study", "studies", multiple=True, type=click.Path(path_type=Path),
+              help="A study folder (train-all output) to add as a section with its compare figures and table "
+                   "(repeatable); with --study and no --model the page holds the studies only and needs no server.")
+def report(server, models, dataset_name, split, data_dir, per_class, out, jobs, studies):
     """Every analysis of one or more models in one self-contained HTML page."""
     from . import report as rep
+    out = Path(out)
+    # Studies first: they read files only, so a bad folder fails before minutes of server work.
+    study_results = [rep.analyse_study(d, out) for d in studies]
+    if studies and not models:
+        path = rep.render({}, out, server, study_results)
+        write_json(out / "report.json", {"studies": study_results})
+        click.echo(f"report: {path.resolve()}")
+        return
     client = connect(server)
     if not models:
         models = [m.name for m in client.list_models() if m.ready]
@@ -154,14 +211,14 @@ def report(server, models, dataset_name, split, data_dir, per_class, out, jobs):
             raise click.ClickException(f"the server at {server} has no ready model")
     for name in models:  # an unknown name fails now, not after minutes spent on the others
         manifest(client, name)
-    out = Path(out)
     results = {}
     for name in models:
         click.echo(f"analysing {name} ...")
         results[name] = rep.analyse_model(client, name, split, data_dir, out, per_class, progress=True, jobs=jobs,
                                           dataset_name=dataset_name)
-    path = rep.render(results, out, server)
-    write_json(out / "report.json", {n: {k: v for k, v in s.items() if k != "manifest"} for n, s in results.items()})
+    path = rep.render(results, out, server, study_results)
+    write_json(out / "report.json", {**{n: {k: v for k, v in s.items() if k != "manifest"} for n, s in results.items()},
+                                     **({"studies": study_results} if study_results else {})})
     click.echo(f"report: {path.resolve()}")
 
 

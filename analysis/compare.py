@@ -28,9 +28,11 @@ MISSING = "—"       # a value the run did not record (or NaN: a diverged run)
 EPOCH_KEYS = ("best_epoch", "epochs", "diverged_epoch")
 VALUE_KEYS = ("final_val", "best_val", "test")
 SELECTION_NOTE = "model selection on validation; test scored every epoch for the curves only"
+TEST_NOTE = ("scored once with the checkpoint of the best validation epoch (model selection is on validation; "
+             "test curves, where drawn, are for reference only)")
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except OSError as e:
@@ -41,7 +43,7 @@ def _read_json(path: Path):
 
 def _optional_json(path: Path) -> dict:
     """A run's metrics.json / config.json, or {} when the run did not write it (a crashed run)."""
-    data = _read_json(path) if path.is_file() else {}
+    data = read_json(path) if path.is_file() else {}
     return data if isinstance(data, dict) else {}
 
 
@@ -62,10 +64,15 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise click.ClickException(f"{runs_dir}: " + ("not a folder" if runs_dir.exists() else "no such folder"))
-    info = _read_json(runs_dir / "study.json") if (runs_dir / "study.json").is_file() else {}
+    info = read_json(runs_dir / "study.json") if (runs_dir / "study.json").is_file() else {}
     if not isinstance(info, dict):
         raise click.ClickException(f"{runs_dir / 'study.json'}: not a JSON object")
     names = info.get("variants") or sorted(p.name for p in runs_dir.iterdir() if (p / "history.json").is_file())
+    zoom = info.get("zoom", DEFAULT_ZOOM)
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+            and isinstance(zoom, int) and zoom >= 1 and isinstance(info.get("measures", []), list)):
+        raise click.ClickException(f"{runs_dir / 'study.json'}: want variants a list of folder names, measures a "
+                                   "list of metric keys and zoom a positive integer")
     if not names:
         raise click.ClickException(f"{runs_dir}: no runs inside (no study.json and no subfolder with a history.json)")
     if missing := [n for n in names if not (runs_dir / n / "history.json").is_file()]:
@@ -76,7 +83,7 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
     variants = []
     for name in names:
         d = runs_dir / name
-        history = _read_json(d / "history.json")
+        history = read_json(d / "history.json")
         if not isinstance(history, list) or not history or not all(isinstance(h, dict) for h in history):
             raise click.ClickException(f"{d / 'history.json'}: want a non-empty list of per-epoch objects")
         variants.append({"name": name, "dir": d, "history": history, "metrics": _optional_json(d / "metrics.json"),
@@ -84,7 +91,7 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
     recorded_test = any(_finite(h.get("test_loss")) for v in variants for h in v["history"])
     study = {"name": info.get("name") or runs_dir.resolve().name, "title": info.get("title") or "",
              "report": info.get("report"), "reported": info.get("reported"), "notes": info.get("notes"),
-             "measures": list(info.get("measures") or []), "zoom": int(info.get("zoom") or DEFAULT_ZOOM),
+             "measures": list(info.get("measures") or []), "zoom": zoom,
              "test_curves": bool(info.get("test_curves", recorded_test)), "variants": list(names),
              "profile": summary.get("profile"), "total_seconds": summary.get("total_seconds"),
              "runs_dir": str(runs_dir), "has_study_json": bool(info)}
@@ -137,10 +144,10 @@ def cell(key: str, value, metric: str) -> str:
         return MISSING
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value) if not isinstance(value, (list, dict)) else f"[{len(value)} values]"
-    if key in EPOCH_KEYS or (key not in VALUE_KEYS and float(value).is_integer()):  # counts: 7840, not 7.84e+03
-        return str(int(value))
     if key == "wall_seconds":
         return f"{value:.1f}"
+    if key in EPOCH_KEYS or (key not in VALUE_KEYS and float(value).is_integer()):  # counts: 7840, not 7.84e+03
+        return str(int(value))
     return f"{value:.4f}" if metric == "acc" and key in VALUE_KEYS else f"{value:.4g}"
 
 
@@ -153,10 +160,10 @@ def table_cells(result: dict) -> tuple[list[str], list[list[str]]]:
 
 def text_table(result: dict) -> str:
     head, rows = table_cells(result)
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     # Variant names read left-aligned, numbers right-aligned so their digits line up.
     fmt = [str.ljust if i == 0 else str.rjust for i in range(len(head))]
-    lines = ["  ".join(f(x, w) for f, x, w in zip(fmt, r, widths)) for r in [head, *rows]]
+    lines = ["  ".join(f(x, w) for f, x, w in zip(fmt, r, widths, strict=True)) for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -171,8 +178,7 @@ def markdown(result: dict) -> str:
         out += [s["notes"], ""]
     out += ["| " + " | ".join(head) + " |", "|" + "|".join([":--", *["--:"] * (len(head) - 1)]) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
-    out += ["", f"Test {result['metric']}: scored once with the checkpoint of the best validation epoch "
-                f"({SELECTION_NOTE}).", ""]
+    out += ["", f"Test {result['metric']}: {TEST_NOTE}.", ""]
     out += [f"![{f}]({f})" for f in result["figures"]]
     return "\n".join(out) + "\n"
 
@@ -236,11 +242,11 @@ def first_layer_figure(study: dict, variants: list[dict]):
     return plots.weights_figure(rows, col_titles, title), notes
 
 
-def subtitle(study: dict) -> str:
+def subtitle(study: dict, test_drawn: bool) -> str:
     parts = []
     if study.get("report"):
         parts.append(f"report {study['report']}" + (f": {study['reported']}" if study.get("reported") else ""))
-    if study["test_curves"]:
+    if test_drawn:  # the reader must not take the test curves for what selected the model
         parts.append(SELECTION_NOTE)
     return " | ".join(parts)
 
@@ -261,8 +267,9 @@ def run(runs_dir, out=None, zoom: int | None = None, metric: str | None = None) 
     kinds = plots.curve_kinds(list(histories.values()))
     curves = {name: [("train_label_loss" if split == "label" else f"{split}_{kind}")
                      for kind in kinds for split in plots.curve_series(h, kind)] for name, h in histories.items()}
-    plots.save(plots.compare_curves_figure(histories, study["title"] or study["name"], subtitle(study), zoom, labels),
-               out / "compare_curves.png")
+    test_drawn = any(k.startswith("test_") for keys in curves.values() for k in keys)
+    plots.save(plots.compare_curves_figure(histories, study["title"] or study["name"], subtitle(study, test_drawn),
+                                           zoom, labels), out / "compare_curves.png")
     figures = ["compare_curves.png"]
     fig, notes = first_layer_figure(study, variants)
     if fig is not None:

@@ -10,7 +10,6 @@ Try one on synthetic data:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 
@@ -307,7 +306,7 @@ def curve_kinds(histories: list[list[dict]]) -> list[str]:
 def _draw_window(ax, histories: dict[str, list[dict]], colors, kind: str, lo: float, hi: float) -> None:
     """Every variant's ``kind`` curves between epochs lo and hi: one colour per variant, one style per split."""
     values = []
-    for (name, hist), color in zip(histories.items(), colors):
+    for (name, hist), color in zip(histories.items(), colors, strict=True):
         for split, (x, y) in curve_series(hist, kind).items():
             m = (x >= lo) & (x <= hi)
             if m.any():

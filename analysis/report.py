@@ -2,6 +2,7 @@
 
     analyze report --out reports/demo                 # every ready model on the server
     analyze report --model lenet --model cvae
+    analyze report --study runs/weight-decay          # a study's compare figures and table, no server
 
 Images are embedded as base64 PNG, so the page reads offline and can be mailed as one file.
 """
@@ -12,9 +13,9 @@ import html
 import time
 from pathlib import Path
 
-from . import accuracy, embeddings, gradcam, vae
 from glassbox.io import atomic_write
 
+from . import accuracy, compare, embeddings, gradcam, vae
 from .common import dataset, manifest
 
 
@@ -38,6 +39,11 @@ def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class:
     return sections
 
 
+def analyse_study(runs_dir, out: Path) -> dict:
+    """``analyze compare`` of a study folder, drawn into out/studies/<folder name>/ (files only, no server)."""
+    return compare.run(runs_dir, out / "studies" / Path(runs_dir).resolve().name)
+
+
 def _img(path: Path, alt: str) -> str:
     if not path.is_file():
         return ""
@@ -52,7 +58,26 @@ def _table(head: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render(results: dict[str, dict], out: Path, server: str) -> Path:
+def _study_anchor(r: dict) -> str:
+    return html.escape(f"study-{r['study']['name']}")
+
+
+def _study_section(r: dict) -> str:
+    """A study's results table and compare figures (see ``analyze compare``)."""
+    s, d = r["study"], Path(r["out"])
+    head, rows = compare.table_cells(r)
+    report = f" · report {html.escape(str(s['report']))}" if s.get("report") else ""
+    parts = [f'<section id="{_study_anchor(r)}"><h2>{html.escape(s["title"] or s["name"])} '
+             f'<small>study · {len(rows)} variants{report}</small></h2>']
+    parts += [f"<p>{html.escape(str(s[k]))}</p>" for k in ("reported", "notes") if s.get(k)]
+    parts.append(_table(head, rows))
+    parts.append(f"<p><small>Test {r['metric']}: {html.escape(compare.TEST_NOTE)}.</small></p>")
+    captions = {"compare_curves.png": "Curves of every variant", "first_layer_weights.png": "First-layer weights"}
+    parts += [_img(d / f, captions.get(f, f)) for f in r["figures"]]
+    return "".join(parts) + "</section>"
+
+
+def render(results: dict[str, dict], out: Path, server: str, studies: list[dict] | None = None) -> Path:
     parts = []
     for name, s in results.items():
         man, d = s["manifest"], out / name
@@ -91,13 +116,16 @@ def render(results: dict[str, dict], out: Path, server: str) -> Path:
             parts += [_img(d / "gradcam_predicted.png", "Grad-CAM of the predicted class"),
                       _img(d / "gradcam_sensitivity_0.png", f"Where each class looks like '{man['labels'][0]}'")]
         parts.append("</section>")
-    nav = " · ".join(f'<a href="#{html.escape(n)}">{html.escape(n)}</a>' for n in results)
+    parts += [_study_section(r) for r in studies or []]
+    nav = " · ".join([f'<a href="#{html.escape(n)}">{html.escape(n)}</a>' for n in results]
+                     + [f'<a href="#{_study_anchor(r)}">{html.escape(r["study"]["name"])}</a>' for r in studies or []])
+    source = f"Server {html.escape(server)}, " if results else ""
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Glassbox report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}}
 h2{{border-bottom:2px solid #ddd;padding-bottom:.2em}} small{{color:#777;font-weight:normal}}
 table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ddd;padding:.2em .6em;text-align:right}}
 td:first-child,th:first-child{{text-align:left}} figure{{margin:1em 0}} img{{max-width:100%}}
 figcaption{{color:#555;font-size:.9em}}</style></head><body>
-<h1>Glassbox report</h1><p>Server {html.escape(server)}, {time.strftime('%Y-%m-%d %H:%M')}. Models: {nav}</p>
+<h1>Glassbox report</h1><p>{source}{time.strftime('%Y-%m-%d %H:%M')}. Contents: {nav}</p>
 {''.join(parts)}</body></html>"""
     return atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page))

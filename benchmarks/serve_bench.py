@@ -44,7 +44,8 @@ def export_models(repo: Path, names: list[str]) -> None:
         m = create_model(name).eval()
         cfg = {"name": name, "task": "classifier", "model": {"name": name, "args": m.args},
                "dataset": {"name": "fashion-mnist", "classes": info["classes"], "channels": m.in_chans,
-                           "size": [m.img_size] * 2, "mean": info["mean"] * m.in_chans, "std": info["std"] * m.in_chans}}
+                           "size": [m.img_size] * 2, "mean": info["mean"] * m.in_chans,
+                           "std": info["std"] * m.in_chans}}
         t0 = time.perf_counter()
         export_model(m, cfg, repo, images=images, batch_sizes=(1, 64))
         print(f"exported {name} in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -108,7 +109,8 @@ async def main(address, model, shape, conc, seconds):
     assert shapes == {(1, 10)}, shapes
     print(f"{n / (time.perf_counter() - t0):.0f}")
     await c.close()
-asyncio.run(main(sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], int(sys.argv[4]), float(sys.argv[5])))
+asyncio.run(main(sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], int(sys.argv[4]),
+                 float(sys.argv[5])))
 """
 
 
@@ -138,7 +140,8 @@ def loadgen_binary() -> Path | None:
     return ROOT / "build/loadgen"
 
 
-def loadgen(binary: Path, address: str, model: str, shape, concurrency: int, seconds: float) -> tuple[float, float, float]:
+def loadgen(binary: Path, address: str, model: str, shape, concurrency: int,
+            seconds: float) -> tuple[float, float, float]:
     """requests/s, p50 ms, p99 ms from the C++ client (one channel, as the Python client)."""
     out = subprocess.run([str(binary), address, model, ",".join(map(str, shape[1:])), "logits", str(concurrency),
                           str(seconds), "1"], capture_output=True, text=True, check=True).stdout.split()
@@ -147,9 +150,9 @@ def loadgen(binary: Path, address: str, model: str, shape, concurrency: int, sec
 
 def noop_floor(binary: Path | None, seconds: float) -> None:
     """The grpc.aio stack's own ceiling here: a server that does nothing per call."""
-    from conftest import free_port
-
     from serving._generated.inference import grpc_service_pb2 as pb
+
+    from conftest import free_port
     reply = pb.ModelInferResponse(model_name="lenet", outputs=[pb.ModelInferResponse.InferOutputTensor(
         name="logits", datatype="FP32", shape=[1, 10])], raw_output_contents=[bytes(40)]).SerializeToString()
     port = free_port()
@@ -188,7 +191,8 @@ def main():
         binary = None if a.no_cpp else loadgen_binary()
         proc, address = start_server(repo, *a.server_args.split())
         try:
-            print(f"\nserver: serve {a.server_args or '(defaults)'}; client: grpc.aio, batch-1 ModelInfer, {os.cpu_count()} CPUs shared")
+            print(f"\nserver: serve {a.server_args or '(defaults)'}; client: grpc.aio, batch-1 ModelInfer, "
+                  f"{os.cpu_count()} CPUs shared")
             print(f"{'model':10s} {'mode':24s} {'images/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
             got = {}
             for name in names:
@@ -206,7 +210,8 @@ def main():
                         row(name, f"C++ client c={c}", *got[name, "cpp", c])
                 r = subprocess.run([sys.executable, "-c", TRITON, address, name, ",".join(map(str, shape)), "32",
                                     str(a.seconds)], capture_output=True, text=True, cwd=ROOT)
-                print(f"{name:10s} {'tritonclient.aio c=32':24s} {r.stdout.split()[0] if r.returncode == 0 else 'FAILED ' + r.stderr[-200:]:>10s}", flush=True)
+                result = r.stdout.split()[0] if r.returncode == 0 else "FAILED " + r.stderr[-200:]
+                print(f"{name:10s} {'tritonclient.aio c=32':24s} {result:>10s}", flush=True)
         finally:
             stop_server(proc)
     if not a.no_floor:

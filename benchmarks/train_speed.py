@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from training.config import resolve_config
 from glassbox.data import load_dataset, preprocess, random_subset
+from training.config import resolve_config
 from training.engine import build_optimizer, build_scheduler, preprocessing_spec, train_one_epoch, tune_allocator
 from training.models import create_model
 
@@ -117,7 +117,8 @@ def measure(pipeline: str, run: int, batch: int, augment: bool, tuned: bool, n_i
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=20_000, help="training images per measurement (lenet; resnets use 1/8)")
+    p.add_argument("--images", type=int, default=20_000,
+                   help="training images per measurement (lenet; resnets use 1/8)")
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per figure; the median is shown")
     p.add_argument("--models", default="0,1,2", help="rows to run, as indices into: " +
                    ", ".join(f"{i}={n}{a or ''}" for i, (n, a) in enumerate(RUNS)))
@@ -154,7 +155,8 @@ def main():
         spread = "; ".join(f"{h} {min(figures[r, h]):.0f}-{max(figures[r, h]):.0f}" for h, *_ in COLUMNS)
         print(f"{'':26s} range: {spread}")
     print("images/second, training (forward + backward + optimizer step). seeds = torchvision-style per-sample Dataset "
-          "(PIL, ToTensor, Normalize) + DataLoader(batch 32); numpy = per-sample numpy->tensor Dataset + DataLoader(batch 32); "
+          "(PIL, ToTensor, Normalize) + DataLoader(batch 32); "
+          "numpy = per-sample numpy->tensor Dataset + DataLoader(batch 32); "
           "seeds tuned = the same with fit()'s allocator tuning; "
           "engine = training.engine.train_one_epoch on preloaded tensors with the allocator tuned as fit() does; "
           "b128 glibc = the engine at batch 128 with glibc's default allocator")

@@ -38,11 +38,13 @@ def curves_figure(history: list[dict], title: str = "Training curves"):
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     kinds = ["loss"] + (["acc"] if any(_finite(h.get("val_acc", h.get("train_acc"))) for h in history) else [])
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    for ax, kind in zip(axes[0], kinds, strict=True):
         for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
-            pts = [(e, h[f"{split}_{kind}"]) for e, h in zip(epochs, history) if _finite(h.get(f"{split}_{kind}"))]
+            key = f"{split}_{kind}"
+            pts = [(e, h[key]) for e, h in zip(epochs, history, strict=True) if _finite(h.get(key))]
             if pts:
-                ax.plot(*zip(*pts), style, ms=3, label=split + (" (curves only)" if split == "test" else ""))
+                label = split + (" (curves only)" if split == "test" else "")
+                ax.plot(*zip(*pts, strict=True), style, ms=3, label=label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5"
         ax.set_ylabel("accuracy" if kind == "acc" else "loss")

@@ -132,7 +132,7 @@ class Batcher:
                 continue
             if self.sizes is not None:
                 self.sizes.observe(n)
-            by_name = dict(zip(outputs, results))
+            by_name = dict(zip(outputs, results, strict=True))
             start = 0
             for j in jobs:
                 if not j.future.done():

@@ -144,7 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         arrays = [out[x] for x in names]
         return pb.ModelInferResponse(
             model_name=request.model_name, model_version=spec.version, id=request.id,
-            outputs=[_Out(name=x, datatype=spec.outputs[x], shape=a.shape) for x, a in zip(names, arrays)],
+            outputs=[_Out(name=x, datatype=spec.outputs[x], shape=a.shape) for x, a in zip(names, arrays, strict=True)],
             raw_output_contents=[a.tobytes() for a in arrays])
 
 

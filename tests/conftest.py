@@ -30,7 +30,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def fmnist_dir() -> Path:
-    if not (FMNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file() and not (FMNIST_DIR / "t10k-images-idx3-ubyte").is_file():
+    if not any((FMNIST_DIR / f"t10k-images-idx3-ubyte{ext}").is_file() for ext in (".gz", "")):
         pytest.fail(f"Fashion-MNIST not found at {FMNIST_DIR}: run 'make data' (apt-get install dataset-fashion-mnist)")
     return FMNIST_DIR
 
@@ -79,11 +79,13 @@ def repository(tmp_path_factory, trained_runs, fmnist_dir):
     return repo
 
 
-def start_server(repo, *extra, env=None) -> tuple[subprocess.Popen, str]:
+def start_server(repo, *extra, env=None, serve=None, cwd=None) -> tuple[subprocess.Popen, str]:
+    """Run ``serve`` (``serve``: the command, default this interpreter's ``-m serving.server``) on a
+    free port and wait until health says SERVING; returns the process and its address."""
     port = free_port()
-    cmd = [sys.executable, "-m", "serving.server", "--repository", str(repo), "--port", str(port),
+    cmd = [*(serve or [sys.executable, "-m", "serving.server"]), "--repository", str(repo), "--port", str(port),
            "--metrics-port", "0", "--log-level", "WARNING", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     address = f"127.0.0.1:{port}"
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -94,7 +96,8 @@ def start_server(repo, *extra, env=None) -> tuple[subprocess.Popen, str]:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited early: {proc.stdout.read()}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
                     return proc, address
             except grpc.RpcError:
                 pass

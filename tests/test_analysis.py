@@ -35,7 +35,8 @@ def test_embeddings_all_layers(common, tmp_path):
 
 
 def test_embeddings_thumbnails_and_unknown_layer(common, tmp_path):
-    r = run("embeddings", *common, "--model", "lenet", "--layer", "fc1", "--per-class", "10", "--thumbnails", "--out", str(tmp_path))
+    r = run("embeddings", *common, "--model", "lenet", "--layer", "fc1", "--per-class", "10", "--thumbnails",
+            "--out", str(tmp_path))
     assert r.exit_code == 0, r.output
     assert (tmp_path / "lenet" / "embeddings_fc1_thumbnails.png").is_file()
     r = run("embeddings", *common, "--model", "lenet", "--layer", "fc9", "--out", str(tmp_path))
@@ -45,13 +46,15 @@ def test_embeddings_thumbnails_and_unknown_layer(common, tmp_path):
 
 
 def test_gradcam(common, tmp_path):
-    r = run("gradcam", *common, "--model", "lenet", "--target", "true", "--sensitivity", "Sneaker", "--out", str(tmp_path))
+    r = run("gradcam", *common, "--model", "lenet", "--target", "true", "--sensitivity", "Sneaker",
+            "--out", str(tmp_path))
     assert r.exit_code == 0, r.output
     g = json.loads((tmp_path / "lenet" / "gradcam.json").read_text())
     assert g["grid"]["targets"] == g["grid"]["true"] and g["grid"]["images"] == 20
     assert g["sensitivity"]["class"] == "Sneaker" and len(g["sensitivity"]["cam_max"]) == 10
     assert all(np.isfinite(g["grid"]["cam_max"])) and min(g["grid"]["cam_max"]) >= 0
-    assert (tmp_path / "lenet" / "gradcam_true.png").is_file() and (tmp_path / "lenet" / "gradcam_sensitivity_7.png").is_file()
+    assert (tmp_path / "lenet" / "gradcam_true.png").is_file()
+    assert (tmp_path / "lenet" / "gradcam_sensitivity_7.png").is_file()
     r = run("gradcam", *common, "--model", "lenet", "--target", "Spaceship", "--out", str(tmp_path))
     assert r.exit_code == 2 and "Sneaker" in r.output
     r = run("gradcam", *common, "--model", "mlp", "--out", str(tmp_path))
@@ -72,7 +75,8 @@ def test_accuracy(common, tmp_path):
 
 
 def test_vae(common, tmp_path):
-    r = run("vae", *common, "--model", "cvae", "--pair", "3,17", "--steps", "6", "--images", "300", "--out", str(tmp_path))
+    r = run("vae", *common, "--model", "cvae", "--pair", "3,17", "--steps", "6", "--images", "300",
+            "--out", str(tmp_path))
     assert r.exit_code == 0, r.output
     v = json.loads((tmp_path / "cvae" / "vae.json").read_text())
     assert np.isfinite(v["psnr"]) and v["psnr"] > 0 and 0 < v["mse"] < 0.2
@@ -102,6 +106,7 @@ def test_server_down_is_one_line_and_nonzero(tmp_path):
 
 def test_analysis_imports_without_torch():
     from conftest import BLOCK_TORCH
-    code = BLOCK_TORCH + "import analysis.cli, analysis.report, analysis.embeddings, analysis.vae, analysis.gradcam\nprint('ok')"
+    code = BLOCK_TORCH + ("import analysis.cli, analysis.report, analysis.embeddings, analysis.vae, analysis.gradcam\n"
+                          "print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -116,7 +116,8 @@ def test_every_figure_draws(tmp_path):
     y = np.arange(60) % 10
     xy = rng.standard_normal((60, 2))
     sep = metrics.separation(xy, xy, y)
-    assert png_ok(plots.save(plots.embedding_figure("fc1", xy, xy, y, classes, sep, "m", [0.3, 0.2]), tmp_path / "e.png"))
+    fig = plots.embedding_figure("fc1", xy, xy, y, classes, sep, "m", [0.3, 0.2])
+    assert png_ok(plots.save(fig, tmp_path / "e.png"))
     assert png_ok(plots.save(plots.layers_grid([("input", xy), ("fc1", xy), ("fc2", xy), ("logits", xy)], y, classes,
                                                {"fc1": sep}, "m"), tmp_path / "g.png"))
     gray = rng.random((60, 1, 28, 28)).astype(np.float32)
@@ -125,7 +126,8 @@ def test_every_figure_draws(tmp_path):
     assert png_ok(plots.save(plots.overlay_grid(rgb, rng.random((12, 32, 32)), ["x"] * 12, "cams"), tmp_path / "o.png"))
     cm = rng.integers(0, 50, (10, 10))
     assert png_ok(plots.save(plots.confusion_figure(cm, classes), tmp_path / "c.png"))
-    assert png_ok(plots.save(plots.image_grid(gray[:10], [str(i) for i in range(10)], suptitle="grid"), tmp_path / "i.png"))
+    fig = plots.image_grid(gray[:10], [str(i) for i in range(10)], suptitle="grid")
+    assert png_ok(plots.save(fig, tmp_path / "i.png"))
     hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 1 - 0.5 / e, "val_acc": 1 - 0.6 / e}
             for e in range(1, 6)]
     assert png_ok(plots.save(plots.curves_figure(hist), tmp_path / "h.png"))
@@ -141,7 +143,8 @@ def test_to_display_layouts():
 
 
 def test_class_legend_has_every_class_name():
-    fig = plots.embedding_figure("fc1", np.zeros((3, 2)), np.zeros((3, 2)), np.array([0, 1, 2]), ["Coat", "Bag", "Shirt"])
+    fig = plots.embedding_figure("fc1", np.zeros((3, 2)), np.zeros((3, 2)), np.array([0, 1, 2]),
+                                 ["Coat", "Bag", "Shirt"])
     texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
     assert texts == ["Coat", "Bag", "Shirt"]
 

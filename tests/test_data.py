@@ -15,12 +15,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.data_fixtures import (CIFAR_CLASSES, idx_bytes, jpeg, png, write_cifar_pickles, write_idx, write_imagefolder,
-                                 write_lfw_folders, write_lfw_npz)
-from glassbox.data import (DATASETS, ArrayDataset, DatasetCorrupt, DatasetError, DatasetNotFound, class_balanced_sample,
-                           dataset_info, load_dataset, longtail, preprocess, random_subset, train_val_split)
+from glassbox.data import (
+    DATASETS,
+    ArrayDataset,
+    DatasetCorrupt,
+    DatasetError,
+    DatasetNotFound,
+    class_balanced_sample,
+    dataset_info,
+    load_dataset,
+    longtail,
+    preprocess,
+    random_subset,
+    train_val_split,
+)
 from glassbox.data import datasets as loader
 from glassbox.data.registry import SYSTEM_DIRS
+from tests.data_fixtures import (
+    CIFAR_CLASSES,
+    idx_bytes,
+    jpeg,
+    png,
+    write_cifar_pickles,
+    write_idx,
+    write_imagefolder,
+    write_lfw_folders,
+    write_lfw_npz,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -424,7 +445,7 @@ def test_array_dataset_and_registry():
     with pytest.raises(DatasetCorrupt):
         ArrayDataset(np.zeros((3, 2, 2), np.uint8), np.zeros(2), ["a"], "bad")
     assert list(DATASETS) == ["fashion-mnist", "mnist", "cifar10", "lfw", "lfw-min20"]
-    for name, info in DATASETS.items():
+    for info in DATASETS.values():
         assert len(info["mean"]) == len(info["std"]) == info["channels"] and len(info["size"]) == 2
     assert dataset_info("fashion-mnist")["mean"] == [0.2860] and dataset_info("mnist")["std"] == [0.3081]
     dataset_info("mnist")["mean"].append(1.0)  # a copy: callers cannot change the registry

@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from training.checkpoint import save_checkpoint
 from glassbox.data import load_dataset, preprocess
 from glassbox.manifest import validate_manifest, verify_files, versions
+from training.checkpoint import save_checkpoint
 from training.export import ParityError, default_name, export_checkpoint, export_model
 from training.export.cli import export as export_cli
 from training.export.pbtxt import parse_triton_config
@@ -30,7 +30,8 @@ def config_for(model, fmnist_dir):
             "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir),
                         "classes": load_dataset("fashion-mnist", "test", data_dir=fmnist_dir).classes,
                         "channels": model.in_chans, "size": [model.img_size] * 2,
-                        "mean": [0.0 if vae else 0.286] * model.in_chans, "std": [1.0 if vae else 0.353] * model.in_chans}}
+                        "mean": [0.0 if vae else 0.286] * model.in_chans,
+                        "std": [1.0 if vae else 0.353] * model.in_chans}}
 
 
 def ort_session(path):
@@ -80,7 +81,7 @@ def test_every_model_exports_with_parity(name, tmp_path, fmnist_test, fmnist_dir
                 "versions", "parity"):
         assert key in m, key
     assert set(m["files"]) == {p.name for p in res.path.iterdir()} - {"manifest.json"}
-    for graph, g in m["graphs"].items():  # the manifest's I/O is the graph's I/O
+    for g in m["graphs"].values():  # the manifest's I/O is the graph's I/O
         onnx_model = onnx.load(res.path / g["file"])
         assert [i.name for i in onnx_model.graph.input] == [t["name"] for t in g["inputs"]]
         assert [o.name for o in onnx_model.graph.output] == [t["name"] for t in g["outputs"]]
@@ -91,7 +92,8 @@ def test_gradcam_targets_per_image_and_reference(tmp_path, fmnist_test, fmnist_d
     from training.export.gradcam import reference_gradcam
     torch.manual_seed(0)
     model = create_model("lenet").eval()
-    res = export_model(model, config_for(model, fmnist_dir), tmp_path, images=fmnist_test.images[:16], batch_sizes=(16,))
+    res = export_model(model, config_for(model, fmnist_dir), tmp_path, images=fmnist_test.images[:16],
+                       batch_sizes=(16,))
     x = preprocess(fmnist_test.images[:6], res.manifest["preprocessing"])
     sess = ort_session(res.path / "gradcam.onnx")
     targets = np.array([0, 1, 2, 3, 4, 5])
@@ -196,11 +198,13 @@ def test_export_cli(tmp_path, fmnist_dir, monkeypatch):
     monkeypatch.setenv("GLASSBOX_DATA_DIR", str(fmnist_dir))
     for run in ("a", "b"):
         save_checkpoint(tmp_path / "runs" / run / "best.pt", {"model": model.state_dict(), "epoch": 1, "config": cfg})
-    r = CliRunner().invoke(export_cli, [str(tmp_path / "runs"), "--repository", str(tmp_path / "repo"), "--parity-images", "16"])
+    r = CliRunner().invoke(export_cli, [str(tmp_path / "runs"), "--repository", str(tmp_path / "repo"),
+                                        "--parity-images", "16"])
     assert r.exit_code == 0, r.output
     header, *rows = r.stdout.splitlines()
     assert header.split()[:3] == ["model", "version", "graphs"] and "argmax" in header and "seconds" in header
-    assert [row.split()[:3] for row in rows] == [["lenet", "1", "classifier,gradcam"], ["lenet", "2", "classifier,gradcam"]]
+    assert [row.split()[:3] for row in rows] == [["lenet", "1", "classifier,gradcam"],
+                                                 ["lenet", "2", "classifier,gradcam"]]
     assert all("100.0%" in row for row in rows)
     r = CliRunner().invoke(export_cli, [str(tmp_path)])
     assert r.exit_code == 2 and "not a checkpoint" in r.output

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from serving.client import GlassboxClient, GlassboxError
 from glassbox.data import load_dataset, preprocess
+from serving.client import GlassboxClient, GlassboxError
 
 from conftest import free_port, start_server, stop_server
 
@@ -39,7 +39,7 @@ def manifest(repository, name):
 def ort_run(repository, name, graph, feeds, outputs=None):
     sess = ort.InferenceSession(str(repository / name / "1" / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
     names = outputs or [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds)))
+    return dict(zip(names, sess.run(names, feeds), strict=True))
 
 
 def png(arr):
@@ -94,7 +94,8 @@ def test_vae_rpcs(client, repository, images):
     np.testing.assert_allclose(enc.mean, ref["mean"], rtol=1e-5, atol=1e-6)
     assert enc.z.shape == enc.mean.shape and not np.allclose(enc.z, enc.mean)
     dec = client.decode("cvae", enc.mean)
-    np.testing.assert_allclose(dec, ort_run(repository, "cvae", "decoder", {"latent": ref["mean"]})["image"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dec, ort_run(repository, "cvae", "decoder", {"latent": ref["mean"]})["image"],
+                               rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(client.reconstruct("cvae", x), dec, rtol=1e-5, atol=1e-6)
     strip = client.interpolate("cvae", x[0], x[1], steps=7)
     assert strip.shape == (7, 1, 28, 28) and 0 <= strip.min() and strip.max() <= 1
@@ -104,9 +105,14 @@ def test_vae_rpcs(client, repository, images):
     assert by_alpha.shape == (3, 1, 28, 28)
 
 
+def one_nan(x):
+    return np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x).astype(np.float32)
+
+
 BAD = [
     ("classify", "nope", lambda x: x, {}, grpc.StatusCode.NOT_FOUND, "unknown model"),
-    ("classify", "lenet", lambda x: [b"\x89PNG\r\n\x1a\n" + b"\0" * 40], {}, grpc.StatusCode.INVALID_ARGUMENT, "decode"),
+    ("classify", "lenet", lambda x: [b"\x89PNG\r\n\x1a\n" + b"\0" * 40], {}, grpc.StatusCode.INVALID_ARGUMENT,
+     "decode"),
     ("classify", "lenet", lambda x: x, {"top_k": -1}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
     ("embed", "lenet", lambda x: x, {"layers": []}, grpc.StatusCode.INVALID_ARGUMENT, "no layer"),
     ("gradcam", "lenet", lambda x: x, {"targets": [-1]}, grpc.StatusCode.INVALID_ARGUMENT, "out of range"),
@@ -114,7 +120,7 @@ BAD = [
     ("reconstruct", "cvae", lambda x: np.full_like(x, np.inf), {}, grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf"),
     ("interpolate", "cvae", lambda x: x, {"steps": 1}, grpc.StatusCode.INVALID_ARGUMENT, "steps"),
     ("classify", "lenet", lambda x: x[:, :, :27], {}, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
-    ("classify", "lenet", lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x).astype(np.float32), {}, grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+    ("classify", "lenet", one_nan, {}, grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
     ("classify", "lenet", lambda x: x[:0], {}, grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     ("classify", "lenet", lambda x: [b"not an image"], {}, grpc.StatusCode.INVALID_ARGUMENT, "decode"),
     ("classify", "cvae", lambda x: x, {}, grpc.StatusCode.INVALID_ARGUMENT, "classifier"),
@@ -127,14 +133,15 @@ BAD = [
 
 @pytest.mark.parametrize("method,model,make,kw,code,words", BAD, ids=[f"{b[0]}-{b[5]}" for b in BAD])
 def test_bad_input_gets_its_status_and_server_survives(client, server, images, method, model, make, kw, code, words):
-    x = make(preprocess(images[:1], {"channels": 1, "size": [28, 28], "mean": [0.286], "std": [0.353]}))
+    spec = {"channels": 1, "size": [28, 28], "mean": [0.286], "std": [0.353]}
+    x = make(preprocess(images[:1], spec))
     with pytest.raises(GlassboxError) as e:
         if method == "interpolate":
             getattr(client, method)(model, x[0], x[0], **kw)
         else:
             getattr(client, method)(model, x, **kw)
     assert e.value.code == code and words in e.value.message, e.value
-    assert client.classify("lenet", preprocess(images[:1], {"channels": 1, "size": [28, 28], "mean": [0.286], "std": [0.353]})).indices.shape == (1, 5)
+    assert client.classify("lenet", preprocess(images[:1], spec)).indices.shape == (1, 5)
 
 
 def test_raw_requests_the_client_would_not_send(server):
@@ -149,7 +156,8 @@ def test_raw_requests_the_client_would_not_send(server):
     with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
         stub = pb_grpc.GlassboxStub(ch)
         big = pb.Tensor(shape=[257, 1, 28, 28], data=np.zeros((257, 1, 28, 28), np.float32).tobytes())
-        refused(stub.Classify, pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=big)), grpc.StatusCode.INVALID_ARGUMENT, "maximum of 256")
+        refused(stub.Classify, pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=big)),
+                grpc.StatusCode.INVALID_ARGUMENT, "maximum of 256")
         refused(stub.Classify, pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=[], data=b""))),
                 grpc.StatusCode.INVALID_ARGUMENT, "shape")
         refused(stub.Classify, pb.ClassifyRequest(name="lenet"), grpc.StatusCode.INVALID_ARGUMENT, "either a tensor")
@@ -159,7 +167,8 @@ def test_raw_requests_the_client_would_not_send(server):
                 grpc.StatusCode.INVALID_ARGUMENT, "latents")
         refused(stub.Interpolate, pb.InterpolateRequest(name="cvae", latents=pb.Tensor(shape=[3, 1], data=b"\0" * 12)),
                 grpc.StatusCode.INVALID_ARGUMENT, "latents")
-        refused(stub.Interpolate, pb.InterpolateRequest(name="cvae"), grpc.StatusCode.INVALID_ARGUMENT, "two images or two latents")
+        refused(stub.Interpolate, pb.InterpolateRequest(name="cvae"), grpc.StatusCode.INVALID_ARGUMENT,
+                "two images or two latents")
         bad = pb.Images(tensor=pb.Tensor(shape=[1, 1, 28, 28], data=b"\0" * 100))
         with pytest.raises(grpc.RpcError) as e:
             stub.Classify(pb.ClassifyRequest(name="lenet", images=bad))
@@ -181,11 +190,14 @@ def test_health_and_reflection(server):
         names = {s.name for s in resp.list_services_response.service}
         assert {"glassbox.v1.Glassbox", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
         # grpcurl-style discovery: the descriptors themselves come back
-        for symbol, proto in (("glassbox.v1.Glassbox", "glassbox/v1/glassbox.proto"), ("inference.ModelInferRequest", "inference/grpc_service.proto")):
-            r = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)])))
+        for symbol, proto in (("glassbox.v1.Glassbox", "glassbox/v1/glassbox.proto"),
+                              ("inference.ModelInferRequest", "inference/grpc_service.proto")):
+            ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+            r = next(stub.ServerReflectionInfo(iter([ask])))
             assert r.file_descriptor_response.file_descriptor_proto, symbol
             from google.protobuf import descriptor_pb2
-            assert descriptor_pb2.FileDescriptorProto.FromString(r.file_descriptor_response.file_descriptor_proto[0]).name == proto
+            descriptor = r.file_descriptor_response.file_descriptor_proto[0]
+            assert descriptor_pb2.FileDescriptorProto.FromString(descriptor).name == proto
 
 
 def test_tritonclient_v2(server, repository, images):
@@ -195,7 +207,8 @@ def test_tritonclient_v2(server, repository, images):
     assert not c.is_model_ready("broken")
     assert c.get_server_metadata().name == "glassbox"
     meta = c.get_model_metadata("lenet")
-    assert meta.inputs[0].name == "input" and meta.inputs[0].datatype == "FP32" and list(meta.inputs[0].shape) == [-1, 1, 28, 28]
+    assert meta.inputs[0].name == "input" and meta.inputs[0].datatype == "FP32"
+    assert list(meta.inputs[0].shape) == [-1, 1, 28, 28]
     cfg = c.get_model_config("lenet.gradcam").config
     assert cfg.max_batch_size == 256 and [i.name for i in cfg.input] == ["input", "target"]
     x = preprocess(images[:8], manifest(repository, "lenet")["preprocessing"])
@@ -208,7 +221,8 @@ def test_tritonclient_v2(server, repository, images):
     tgt = tc.InferInput("target", [8], "INT64")
     tgt.set_data_from_numpy(np.arange(8, dtype=np.int64))
     cam = c.infer("lenet.gradcam", [inp, tgt]).as_numpy("cam")
-    np.testing.assert_allclose(cam, ort_run(repository, "lenet", "gradcam", {"input": x, "target": np.arange(8)})["cam"], rtol=1e-5, atol=1e-6)
+    want = ort_run(repository, "lenet", "gradcam", {"input": x, "target": np.arange(8)})["cam"]
+    np.testing.assert_allclose(cam, want, rtol=1e-5, atol=1e-6)
     from tritonclient.utils import InferenceServerException
     with pytest.raises(InferenceServerException, match="unknown model"):
         c.infer("nope", [inp])
@@ -258,14 +272,16 @@ def test_batcher_drops_expired_and_cancelled_jobs_and_bounds_its_queue():
         assert [r["y"].tolist() for r in results[1:]] == [[[2.0 * k] * 3] * k for k in (1, 2, 3)]
         # A job above max_batch (the server's --max-batch may sit below the manifest's) runs alone
         # instead of waiting forever at the head of the queue.
-        big, small = b.submit({"input": np.ones((12, 3), np.float32)}, ["y"], 12, None), b.submit({"input": one}, ["y"], 1, None)
+        big = b.submit({"input": np.ones((12, 3), np.float32)}, ["y"], 12, None)
+        small = b.submit({"input": one}, ["y"], 1, None)
         got = await asyncio.wait_for(asyncio.gather(big, small), 5)
         assert [len(r["y"]) for r in got] == [12, 1]
         await b.stop()
         return g.calls
 
     calls = asyncio.run(scenario())
-    assert calls == [1, 1, 6, 12, 1], f"the expired and the cancelled job must not reach the model; queued jobs merge: {calls}"
+    assert calls == [1, 1, 6, 12, 1], \
+        f"the expired and the cancelled job must not reach the model; queued jobs merge: {calls}"
 
 
 LOAD = """
@@ -283,8 +299,8 @@ async def main():
         solo = [(await stub.ModelInfer(req(k))).raw_output_contents[0] for k in range(10)]
         res = await asyncio.gather(*[stub.ModelInfer(req(k)) for k in range(64)])
         # merged batches are split back: each answer equals its target's map computed alone
-        same = [np.allclose(np.frombuffer(r.raw_output_contents[0], np.float32), np.frombuffer(solo[k % 10], np.float32),
-                            rtol=1e-4, atol=1e-5) for k, r in enumerate(res)]
+        same = [np.allclose(np.frombuffer(r.raw_output_contents[0], np.float32),
+                            np.frombuffer(solo[k % 10], np.float32), rtol=1e-4, atol=1e-5) for k, r in enumerate(res)]
         print(len(res), all(same))
 asyncio.run(main())
 """
@@ -302,8 +318,9 @@ def test_metrics_endpoint(repository):
             c.list_models()
             with pytest.raises(GlassboxError):
                 c.classify("nope", np.zeros((1, 1, 28, 28), np.float32))
-        # 64 concurrent Grad-CAM requests of 8 images, targets differing (with up to 3 ms to gather a batch; a subprocess: our inference protos and tritonclient's share
-        # names, so they never meet in one process) must be merged into fewer session runs.
+        # 64 concurrent Grad-CAM requests of 8 images, targets differing (with up to 3 ms to gather a batch; a
+        # subprocess: our inference protos and tritonclient's share names, so they never meet in one process)
+        # must be merged into fewer session runs.
         out = subprocess.run([sys.executable, "-c", LOAD, address], capture_output=True, text=True, timeout=60)
         assert out.stdout.split() == ["64", "True"], out.stderr
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -365,7 +382,8 @@ def test_missing_or_empty_repository_is_a_clear_error(tmp_path):
 def test_help_explains_every_option():
     r = subprocess.run([sys.executable, "-m", "serving.server", "--help"], capture_output=True, text=True, timeout=60)
     for option in ("--repository", "--host", "--port", "--metrics-port", "--max-batch", "--max-delay-us", "--max-queue",
-                   "--intra-op-threads", "--inter-op-threads", "--device", "--max-message-mb", "--grace", "--tls-cert", "--tls-key"):
+                   "--intra-op-threads", "--inter-op-threads", "--device", "--max-message-mb", "--grace", "--tls-cert",
+                   "--tls-key"):
         assert option in r.stdout, option
 
 
@@ -399,8 +417,9 @@ def test_v2_bad_requests_get_their_status(server):
         data = np.zeros(shape, np.float32).tobytes() if data is None else data
         inputs = [tpb.ModelInferRequest.InferInputTensor(name="input", datatype=datatype, shape=list(shape)), *extra]
         raw = [data] + [np.zeros(list(e.shape), np.int64).tobytes() for e in extra]
+        wanted = [tpb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs]
         return tpb.ModelInferRequest(model_name=model, model_version=version, inputs=inputs, raw_input_contents=raw,
-                                     outputs=[tpb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs])
+                                     outputs=wanted)
 
     target = tpb.ModelInferRequest.InferInputTensor(name="target", datatype="INT64", shape=[1])
     nan = np.zeros((1, 1, 28, 28), np.float32)
@@ -418,7 +437,8 @@ def test_v2_bad_requests_get_their_status(server):
         (req(data=nan.tobytes()), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
         (req(outputs=["fc9"]), grpc.StatusCode.INVALID_ARGUMENT, "unknown output"),
         (req(model="lenet.gradcam"), grpc.StatusCode.INVALID_ARGUMENT, "expected"),
-        (req(model="lenet.gradcam", extra=[tpb.ModelInferRequest.InferInputTensor(name="target", datatype="INT64", shape=[2])]),
+        (req(model="lenet.gradcam",
+             extra=[tpb.ModelInferRequest.InferInputTensor(name="target", datatype="INT64", shape=[2])]),
          grpc.StatusCode.INVALID_ARGUMENT, "batch size"),
         (req(model="cvae.decoder"), grpc.StatusCode.INVALID_ARGUMENT, "input 'input' unknown"),
     ]
@@ -468,6 +488,7 @@ def test_tls_and_full_queue(repository, images, tmp_path):
     """A second server: TLS on, one queued request per graph (concurrent calls are refused at once),
     a 1 MiB message limit."""
     import shutil
+
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from serving._generated.glassbox.v1 import glassbox_pb2 as pb
@@ -479,8 +500,9 @@ def test_tls_and_full_queue(repository, images, tmp_path):
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repository), "--port", str(port),
-                             "--metrics-port", "0", "--log-level", "WARNING", "--tls-cert", str(cert), "--tls-key", str(key),
+    proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repository),
+                             "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
+                             "--tls-cert", str(cert), "--tls-key", str(key),
                              "--max-queue", "1", "--max-batch", "64", "--max-message-mb", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = f"127.0.0.1:{port}"
@@ -492,13 +514,15 @@ def test_tls_and_full_queue(repository, images, tmp_path):
             while True:
                 assert proc.poll() is None and time.monotonic() < deadline, "TLS server did not start"
                 try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
                         break
                 except grpc.RpcError:
                     time.sleep(0.2)
             stub = pb_grpc.GlassboxStub(ch)
             x = preprocess(np.resize(images, (64, 28, 28)), manifest(repository, "lenet")["preprocessing"])
-            request = pb.GradCamRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=x.shape, data=x.tobytes())))
+            tensor = pb.Tensor(shape=x.shape, data=x.tobytes())
+            request = pb.GradCamRequest(name="lenet", images=pb.Images(tensor=tensor))
             futures = [stub.GradCam.future(request, timeout=60) for _ in range(12)]
             codes = []
             for f in futures:
@@ -512,12 +536,13 @@ def test_tls_and_full_queue(repository, images, tmp_path):
             assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
             big = np.zeros((200, 1, 28, 28), np.float32)  # 627 KB of floats: fine; 2 MB: over this server's 1 MiB
             with pytest.raises(grpc.RpcError) as e:
-                stub.Classify(pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=[200, 1, 28, 28],
-                                                                                              data=big.tobytes() * 4))), timeout=30)
+                huge = pb.Tensor(shape=[200, 1, 28, 28], data=big.tobytes() * 4)
+                stub.Classify(pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=huge)), timeout=30)
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert len(stub.Classify(pb.ClassifyRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(
                 shape=[200, 1, 28, 28], data=big.tobytes())))).predictions) == 200
-        with GlassboxClient(address, tls_ca=cert.read_bytes()) as c:  # the typed client over TLS; the server still answers
+        # the typed client over TLS; the server still answers
+        with GlassboxClient(address, tls_ca=cert.read_bytes()) as c:
             assert c.classify("lenet", x[:2]).indices.shape == (2, 5)
         with grpc.insecure_channel(address) as plain:  # plaintext is not accepted on a TLS port
             with pytest.raises(grpc.RpcError):
@@ -543,7 +568,8 @@ def test_not_serving_while_loading(repository):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", SLOW_LOAD, "--repository", str(repository), "--port", str(port),
-                             "--metrics-port", "0", "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--metrics-port", "0", "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -575,7 +601,8 @@ def test_not_serving_while_loading(repository):
         health = health_pb2_grpc.HealthStub(ch)
         for _ in range(300):
             try:
-                assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.NOT_SERVING
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                assert status == health_pb2.HealthCheckResponse.NOT_SERVING
                 break
             except grpc.RpcError:
                 time.sleep(0.1)
@@ -590,4 +617,5 @@ def test_client_chunks_by_reply_size(server, repository, images):
     with GlassboxClient(server, max_message_mb=2) as small:
         emb = small.embed("lenet", x, ["conv1"])
     assert emb["conv1"].shape == (256, 6, 28, 28)
-    np.testing.assert_allclose(emb["conv1"], ort_run(repository, "lenet", "classifier", {"input": x})["conv1"], rtol=1e-5, atol=1e-5)
+    want = ort_run(repository, "lenet", "classifier", {"input": x})["conv1"]
+    np.testing.assert_allclose(emb["conv1"], want, rtol=1e-5, atol=1e-5)

@@ -180,15 +180,14 @@ def train_all(profile, config, study, overrides, out, only, data_dir, do_export,
     """
     from glassbox.io import write_json
 
-    from .config import STUDIES_DIR
+    from .config import find_config
     from .engine import fit
+    from .lda import fit_lda
     try:
         sets = _parse_pairs(overrides, "--set")
-        configs, path, meta = load_profile(config or (STUDIES_DIR / f"{study}.toml" if study else profile), sets)
+        configs, path, meta = load_profile(config or (find_config(study=study) if study else profile), sets)
     except ConfigError as e:
         _fail(str(e))
-    if study and not path.is_file():
-        _fail(f"no study {study!r}")
     if only:
         unknown = set(only) - {c["name"] for c in configs}
         if unknown:
@@ -208,7 +207,13 @@ def train_all(profile, config, study, overrides, out, only, data_dir, do_export,
                 m = json.loads((run_dir / "metrics.json").read_text())
                 click.echo(f"{cfg['name']}: already finished, skipped")
             else:
-                m = fit(cfg, run_dir, resume=resume, progress=not no_progress)
+                teacher = cfg["distill"]["teacher"]
+                if teacher and teacher.startswith("@"):  # "@teacher": a run of this profile, trained before
+                    cfg["distill"]["teacher"] = str(out / teacher[1:])
+                if cfg["method"] == "lda":
+                    m = fit_lda(cfg, run_dir)
+                else:
+                    m = fit(cfg, run_dir, resume=resume, progress=not no_progress)
             if do_export and cfg.get("export", True):
                 m.update(_export(run_dir, repository, cfg["dataset"].get("data_dir")))
         except _errors() as e:
@@ -226,11 +231,16 @@ def train_all(profile, config, study, overrides, out, only, data_dir, do_export,
 
 
 def format_summary(rows: list[dict]) -> str:
-    head = f"{'run':18s} {'dataset':14s} {'test acc':>9s} {'test loss':>10s} {'best val':>9s} {'epochs':>6s} {'wall s':>7s}  exported"
+    w = max([18, *(len(r["run"]) for r in rows)])
+
+    def num(v, fmt: str, width: int) -> str:
+        return format(v, fmt) if isinstance(v, (int, float)) else f"{'-':>{width}s}"
+    head = f"{'run':{w}s} {'dataset':14s} {'test acc':>9s} {'test loss':>10s} {'best val':>9s} {'epochs':>6s} " \
+           f"{'wall s':>7s}  exported"
     lines = [head, "-" * len(head)]
     for r in rows:
         acc = f"{r['test_acc'] * 100:8.2f}%" if r["test_acc"] is not None else f"{'-':>9s}"
-        loss = f"{r['test_loss']:10.4f}" if r["test_loss"] is not None else f"{'-':>10s}"
-        lines.append(f"{r['run']:18s} {r['dataset']:14s} {acc} {loss} {r['best_val']:9.4f} {r['epochs']:6d} "
-                     f"{r['wall_seconds']:7.1f}  {r['exported'] or '-'}")
+        lines.append(f"{r['run']:{w}s} {r['dataset']:14s} {acc} {num(r['test_loss'], '10.4f', 10)} "
+                     f"{num(r['best_val'], '9.4f', 9)} {num(r['epochs'], '6d', 6)} {num(r['wall_seconds'], '7.1f', 7)}"
+                     f"  {r['exported'] or '-'}")
     return "\n".join(lines)

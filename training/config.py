@@ -44,7 +44,7 @@ DEFAULTS: dict = {
     "name": None,            # run name (directory under --out); defaults to model[-dataset]
     "model": {"name": "lenet", "args": {}},
     "dataset": {"name": "fashion-mnist", "data_dir": None, "subset": None, "val_fraction": 0.1,
-                "longtail": False},
+                "longtail": False, "normalize": True},  # normalize false: pixels in [0, 1]
     "epochs": 10,
     "batch_size": 128,
     "eval_batch_size": 1024,
@@ -70,6 +70,9 @@ DEFAULTS: dict = {
     "clip_grad_norm": None,
     "early_stopping": {"patience": None, "min_delta": 0.0},
     "export": True,
+    # "engine" (torch, training.engine.fit) or "lda" (scikit-learn, training.lda: one class against the rest)
+    "method": "engine",
+    "lda": {"train_images": 10000, "shrinkage": None},
 }
 
 OPTIMIZERS = ("sgd", "adam", "nadam", "adamw")
@@ -128,6 +131,10 @@ def resolve_config(run: dict, defaults: dict | None = None) -> dict:
         cfg["schedule"]["warmup_epochs"] = 1 if cfg["schedule"]["name"] == "cosine" else 0
     if float(cfg["schedule"]["warmup_epochs"]) < 0 or int(cfg["schedule"]["step_size"]) < 1:
         raise ConfigError("schedule.warmup_epochs must be >= 0 and schedule.step_size >= 1")
+    if cfg["method"] not in ("engine", "lda"):
+        raise ConfigError(f"unknown method {cfg['method']!r}; choose from engine, lda")
+    if cfg["method"] == "lda":
+        cfg["export"] = False  # a scikit-learn model has no ONNX graphs here
     if cfg["distill"]["teacher"] and cfg["task"] != "classifier":
         raise ConfigError("distillation needs a classifier student")
     if cfg["distill"]["teacher"] and not 0 <= float(cfg["distill"]["alpha"]) <= 1:

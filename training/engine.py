@@ -88,8 +88,8 @@ def model_args_for_data(cfg: dict) -> dict:
 def preprocessing_spec(cfg: dict, model: nn.Module) -> dict:
     """The normalization recorded with the model; the manifest copies it for the server."""
     c, size = model.in_chans, model.img_size
-    if task_of(cfg).unit_pixels:
-        mean, std = [0.0] * c, [1.0] * c
+    if task_of(cfg).unit_pixels or not cfg["dataset"].get("normalize", True):
+        mean, std = [0.0] * c, [1.0] * c  # pixels in [0, 1], as the reports' linear models saw them
     else:
         info = D.dataset_info(cfg["dataset"]["name"])
         mean, std = list(info["mean"]), list(info["std"])
@@ -291,6 +291,7 @@ class Run:
     best_epoch: int = 0
     start_epoch: int = 1
     snapshots: list = field(default_factory=list)
+    drawn: float = 0.0                 # when curves.png was last drawn
 
 
 def prepare(cfg: dict, out: Path, resume: bool, log=print) -> Run:
@@ -388,7 +389,10 @@ def train_epochs(run: Run, progress: bool, log) -> None:
             save_checkpoint(run.out / "best.pt", ckpt)
         save_checkpoint(run.out / "last.pt", ckpt)
         write_json(run.out / "history.json", run.history)
-        plots.save(plots.curves_figure(run.history, cfg["name"]), run.out / "curves.png")
+        # Drawing costs ~0.3 s: with hundreds of short epochs, redraw at most every 30 s (and at the end).
+        if time.perf_counter() - run.drawn > 30:
+            plots.save(plots.curves_figure(run.history, cfg["name"]), run.out / "curves.png")
+            run.drawn = time.perf_counter()
         shown = {k: round(v, 4) for k, v in row.items() if k not in ("epoch", "lr", "seconds")}
         log(f"{cfg['name']} epoch {epoch}/{cfg['epochs']} {shown} {row['seconds']:.1f}s" + (" *" if improved else ""))
         if not math.isfinite(row["train_loss"]):
@@ -441,4 +445,6 @@ def fit(cfg: dict, out_dir: str | Path, *, resume: bool = False, progress: bool 
     tune_allocator()
     run = prepare(cfg, Path(out_dir), resume, log)
     train_epochs(run, progress, log)
+    if run.history:
+        plots.save(plots.curves_figure(run.history, run.cfg["name"]), run.out / "curves.png")
     return finish(run, t0, log)

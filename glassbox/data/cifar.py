@@ -89,5 +89,5 @@ def load_pickles(source: Path, split: str) -> tuple[np.ndarray, np.ndarray, list
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
     except KeyError:
         raise DatasetCorrupt(f"{source}: batches.meta has no label_names") from None
-    xs, ys = zip(*(_batch(_unpickle(*read(n)), f"{source}/{n}") for n in BATCHES[split]))
+    xs, ys = zip(*(_batch(_unpickle(*read(n)), f"{source}/{n}") for n in BATCHES[split]), strict=True)
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), classes

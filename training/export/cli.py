@@ -67,6 +67,7 @@ def export(paths, repository, name, parity_images, data_dir):
     checkpoint or dataset exits with code 2.
     """
     from glassbox.data import DatasetError
+
     from . import ParityError, export_checkpoint
     try:
         ckpts = find_checkpoints(paths)
@@ -95,7 +96,8 @@ def export(paths, repository, name, parity_images, data_dir):
         parity = r.manifest["parity"]
         worst = max(s["max_abs"] for rec in parity.values() for s in rec["outputs"].values())
         agree = [rec["argmax_agreement"] for rec in parity.values() if "argmax_agreement" in rec]
-        rows.append((r.name, r.version, ",".join(r.manifest["graphs"]), worst, min(agree) if agree else None, r.seconds))
+        rows.append((r.name, r.version, ",".join(r.manifest["graphs"]), worst, min(agree) if agree else None,
+                     r.seconds))
     if rows:
         click.echo(f"{'model':24s} {'version':>7s}  {'graphs':18s} {'max abs err':>11s} {'argmax':>7s} {'seconds':>8s}")
         for m, v, g, err, agree, s in rows:

@@ -15,9 +15,10 @@ import onnx
 import onnxruntime
 import torch
 
-from ..checkpoint import model_from_checkpoint
 from glassbox.data import DatasetNotFound, load_dataset, preprocess, random_subset
 from glassbox.io import sha256
+
+from ..checkpoint import model_from_checkpoint
 from . import parity
 from .gradcam import build_gradcam_graph, reference_gradcam
 from .graphs import OPSET, ClassifierGraph, DecoderGraph, EncoderGraph, export_onnx, output_shapes

@@ -6,8 +6,9 @@ at every batch size, and classifier argmax must agree on 100% of images.
 Recorded per output (worst over all batch sizes): ``max_abs`` = max |a-b|; ``max_rel`` =
 max |a-b| / max(|b|, atol) (near-zero values count against atol, so it can exceed rtol while the
 gate passes); ``gate_ratio`` = max |a-b| / (atol + rtol |b|), the gate's margin (passes iff <= 1);
-``peak_rel`` = max over samples of max |a-b| / max |b| of that sample (scale-free, informative). Grad-CAM maps are checked
-against ``reference_gradcam`` (hooks + backward), not against the traced function itself.
+``peak_rel`` = max over samples of max |a-b| / max |b| of that sample (scale-free, informative).
+Grad-CAM maps are checked against ``reference_gradcam`` (hooks + backward), not against the traced
+function itself.
 """
 from __future__ import annotations
 

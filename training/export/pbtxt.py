@@ -15,7 +15,8 @@ def _tensor(t: dict) -> str:
     return f'  {{ name: "{t["name"]}" data_type: {TYPES[t["dtype"]]} dims: [ {", ".join(map(str, dims))} ] }}'
 
 
-def triton_config(triton_name: str, graph: dict, max_batch_size: int, max_queue_delay_us: int = MAX_QUEUE_DELAY_US) -> str:
+def triton_config(triton_name: str, graph: dict, max_batch_size: int,
+                  max_queue_delay_us: int = MAX_QUEUE_DELAY_US) -> str:
     return "\n".join([
         f'name: "{triton_name}"',
         'platform: "onnxruntime_onnx"',
