@@ -24,7 +24,8 @@ def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: in
     report = metrics.classification_report(ds.labels, pred, classes)
     figures = ["confusion.png"]
     plots.save(plots.confusion_figure(np.array(report["confusion_matrix"]), classes,
-                                      f"{model}: confusion matrix ({ds.name} {len(ds)} images, acc {report['accuracy']:.2%})"),
+                                      f"{model}: confusion matrix ({ds.name} {len(ds)} images, "
+                                      f"acc {report['accuracy']:.2%})"),
                out / "confusion.png")
     wrong = np.flatnonzero(pred != ds.labels)
     worst = wrong[np.argsort(-res.probs[wrong, 0], kind="stable")][:mistakes]

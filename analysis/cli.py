@@ -27,11 +27,15 @@ CTX = {"show_default": True, "help_option_names": ["-h", "--help"]}
 def common(model_required: bool = True):
     def wrap(fn):
         @click.option("--server", default="127.0.0.1:8500", help="host:port of a running `serve`.")
-        @click.option("--model", required=model_required, help="Model name in the server's repository (see ListModels).")
-        @click.option("--dataset", "dataset_name", default=None, help="Dataset to draw images from [default: the model's].")
+        @click.option("--model", required=model_required,
+                      help="Model name in the server's repository (see ListModels).")
+        @click.option("--dataset", "dataset_name", default=None,
+                      help="Dataset to draw images from [default: the model's].")
         @click.option("--split", type=click.Choice(["train", "test"]), default="test", help="Dataset split.")
-        @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory (else the usual search).")
-        @click.option("--out", type=click.Path(file_okay=False), default="reports", help="Output directory (a subfolder per model).")
+        @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                      help="Dataset directory (else the usual search).")
+        @click.option("--out", type=click.Path(file_okay=False), default="reports",
+                      help="Output directory (a subfolder per model).")
         @click.option("--seed", type=int, default=0, help="Seed for the image sample.")
         @functools.wraps(fn)
         def inner(**kw):
@@ -62,10 +66,12 @@ def cli():
 @click.option("--layer", "layers", multiple=True,
               help="Layer to embed (repeatable); 'input' = the pixels, 'all' = input, every layer and logits "
                    "(a VAE has 'latent', its encoder mean) [default: fc1, else the model's last layer].")
-@click.option("--per-class", type=click.IntRange(2, 5000), default=50, help="Images per class in the class-balanced sample.")
+@click.option("--per-class", type=click.IntRange(2, 5000), default=50,
+              help="Images per class in the class-balanced sample.")
 @click.option("--thumbnails", is_flag=True, help="Also draw the t-SNE map with the images at their coordinates.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
-              help="Threads for t-SNE and the metrics [default: half the cores; more than the free cores is much slower].")
+              help="Threads for t-SNE and the metrics [default: half the cores; "
+                   "more than the free cores is much slower].")
 def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, per_class, thumbnails, jobs):
     """PCA and t-SNE of layer activations, and how well classes separate in each layer."""
     from . import embeddings as emb
@@ -75,7 +81,8 @@ def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, 
         layers = ["fc1"] if "fc1" in valid else valid[-3:-2]
     bad = [layer for layer in layers if layer not in valid]
     if bad:
-        raise click.BadParameter(f"unknown layer {', '.join(bad)} of {model!r}; layers: {', '.join(valid)}", param_hint="--layer")
+        raise click.BadParameter(f"unknown layer {', '.join(bad)} of {model!r}; layers: {', '.join(valid)}",
+                                 param_hint="--layer")
     summary = emb.run(client, man, ds, list(layers), per_class, Path(out) / model, thumbnails, seed, jobs=jobs)
     click.echo(emb.table(summary))
     click.echo(f"wrote {Path(out) / model}/embeddings*.png and embeddings.json")
@@ -83,9 +90,11 @@ def embeddings(server, model, dataset_name, split, data_dir, out, seed, layers, 
 
 @cli.command(context_settings=CTX)
 @common()
-@click.option("--target", default="predicted", help="Class whose map to draw: predicted, true, or a class name or index.")
+@click.option("--target", default="predicted",
+              help="Class whose map to draw: predicted, true, or a class name or index.")
 @click.option("--per-class", type=click.IntRange(1, 50), default=2, help="Images per class in the grid.")
-@click.option("--sensitivity", default=None, metavar="CLASS", help="Also draw, for one image of every class, the map of this fixed class.")
+@click.option("--sensitivity", default=None, metavar="CLASS",
+              help="Also draw, for one image of every class, the map of this fixed class.")
 def gradcam(server, model, dataset_name, split, data_dir, out, seed, target, per_class, sensitivity):
     """A grid of images with their Grad-CAM heatmaps overlaid."""
     from . import gradcam as gc
@@ -93,7 +102,7 @@ def gradcam(server, model, dataset_name, split, data_dir, out, seed, target, per
     _require_classifier(man, "gradcam")
     res = gc.run(client, man, ds, target, per_class, Path(out) / model, sensitivity, seed)
     g = res["grid"]
-    agree = sum(t == p for t, p in zip(g["true"], g["predicted"])) / max(1, len(g["true"]))
+    agree = sum(t == p for t, p in zip(g["true"], g["predicted"], strict=True)) / max(1, len(g["true"]))
     click.echo(f"{model}: Grad-CAM of {g['images']} images (target {target}); model right on {agree:.0%} of them")
     click.echo(f"wrote {Path(out) / model}/gradcam*.png and gradcam.json")
 
@@ -122,7 +131,8 @@ def _pair(value: str) -> tuple[int, int]:
 @cli.command(context_settings=CTX)
 @common()
 @click.option("--steps", type=click.IntRange(2, 256), default=10, help="Images per interpolation strip (alpha 0 to 1).")
-@click.option("--pair", "pairs", multiple=True, help="Two image indices to interpolate between, e.g. 3,17 (repeatable) [default: random pairs].")
+@click.option("--pair", "pairs", multiple=True,
+              help="Two image indices to interpolate between, e.g. 3,17 (repeatable) [default: random pairs].")
 @click.option("--samples", type=click.IntRange(1, 4096), default=32, help="Images decoded from the prior.")
 @click.option("--images", type=click.IntRange(2), default=1000, help="Images scored for MSE, PSNR and the ELBO terms.")
 def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, samples, images):
@@ -131,7 +141,8 @@ def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, s
     client, man, ds = _setup(server, model, dataset_name, split, data_dir)
     if man["task"] != "vae":
         raise click.ClickException(f"model {model!r} is a {man['task']}, not a VAE")
-    res = v.run(client, man, ds, Path(out) / model, steps, [_pair(p) for p in pairs], samples=samples, images=images, seed=seed)
+    res = v.run(client, man, ds, Path(out) / model, steps, [_pair(p) for p in pairs],
+                samples=samples, images=images, seed=seed)
     click.echo(f"{model}: MSE {res['mse']:.5f}, PSNR {res['psnr']:.2f} dB, BCE {res['bce']:.2f}, KL {res['kl']:.2f}, "
                f"ELBO {res['elbo']:.2f} on {res['n']} images")
     click.echo(f"wrote {Path(out) / model}/vae_*.png and vae.json")
@@ -185,11 +196,13 @@ def snapshots(run_dir, layer, images, channels, seed, data_dir, out):
 @click.option("--model", "models", multiple=True, help="Model to include (repeatable) [default: every ready model].")
 @click.option("--dataset", "dataset_name", default=None, help="Dataset to draw images from [default: each model's].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", help="Dataset split.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory (else the usual search).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Dataset directory (else the usual search).")
 @click.option("--per-class", type=click.IntRange(2, 5000), default=50, help="Images per class for the embedding maps.")
 @click.option("--out", type=click.Path(file_okay=False), default="reports", help="Output directory.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
-              help="Threads for t-SNE and the metrics [default: half the cores; more than the free cores is much slower].")
+              help="Threads for t-SNE and the metrics [default: half the cores; "
+                   "more than the free cores is much slower].")
 @click.option("--study", "studies", multiple=True, type=click.Path(path_type=Path),
               help="A study folder (train-all output) to add as a section with its compare figures and table "
                    "(repeatable); with --study and no --model the page holds the studies only and needs no server.")

@@ -5,20 +5,15 @@ dataset readers; it never imports torch.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 from dataclasses import fields, is_dataclass, replace
-from pathlib import Path
 
 import click
 import numpy as np
 from tqdm.auto import tqdm
 
-from serving.client import GlassboxClient, GlassboxError
 from glassbox.data import DatasetError, load_dataset, preprocess
 from glassbox.io import write_json  # noqa: F401  (the analysis commands' JSON writer)
+from serving.client import GlassboxClient, GlassboxError
 
 
 def connect(server: str, timeout: float = 120.0) -> GlassboxClient:

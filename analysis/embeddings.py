@@ -72,8 +72,8 @@ def model_layers(man: dict) -> list[str]:
     return ["input", *[layer["name"] for layer in man["layers"]], "logits"]
 
 
-def run(client, man: dict, ds, layers: list[str], per_class: int, out: Path, thumbnails: bool | list[str], seed: int = 0,
-        progress: bool = True, jobs: int | None = None) -> dict:
+def run(client, man: dict, ds, layers: list[str], per_class: int, out: Path, thumbnails: bool | list[str],
+        seed: int = 0, progress: bool = True, jobs: int | None = None) -> dict:
     model = man["name"]
     jobs = jobs or default_jobs()
     all_layers = model_layers(man)
@@ -82,7 +82,8 @@ def run(client, man: dict, ds, layers: list[str], per_class: int, out: Path, thu
     x = model_input(man, sample.images)
     served = [layer for layer in wanted if layer != "input"]
     if man["task"] == "vae":  # the encoder's mean is the VAE's representation
-        acts = {"latent": batched(client.encode, model, x, desc=f"{model} encode", progress=progress).mean} if served else {}
+        acts = ({"latent": batched(client.encode, model, x, desc=f"{model} encode", progress=progress).mean}
+                if served else {})
     else:
         acts = batched(client.embed, model, x, served, desc=f"{model} embed", progress=progress) if served else {}
     acts["input"] = x
@@ -101,7 +102,8 @@ def run(client, man: dict, ds, layers: list[str], per_class: int, out: Path, thu
         results[layer] = sep
         maps.append((layer, tsne_xy))
         coords[layer] = {"pca": np.round(pca_xy, 4).tolist(), "tsne": np.round(tsne_xy, 4).tolist()}
-        figures.append(plots.save(plots.embedding_figure(layer, pca_xy, tsne_xy, sample.labels, classes, sep, model, var),
+        figures.append(plots.save(plots.embedding_figure(layer, pca_xy, tsne_xy, sample.labels, classes, sep, model,
+                                                         var),
                                   out / f"embeddings_{layer}.png").name)
         if thumbnails is True or (thumbnails and layer in thumbnails):  # drawing images is the slow part
             fig = plots.thumbnail_map(tsne_xy, unit_images(man, sample.images), sample.labels, classes,

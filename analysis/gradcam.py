@@ -26,7 +26,8 @@ def resolve_class(value: str, classes: list[str]) -> int:
     lowered = [c.lower() for c in classes]
     if value.lower() in lowered:
         return lowered.index(value.lower())
-    raise click.BadParameter(f"{value!r} is not a class; classes: {', '.join(classes)} (or an index 0..{len(classes) - 1})")
+    raise click.BadParameter(f"{value!r} is not a class; classes: {', '.join(classes)} "
+                             f"(or an index 0..{len(classes) - 1})")
 
 
 def slug(text: str) -> str:
@@ -51,7 +52,7 @@ def run(client, man: dict, ds, target: str, per_class: int, out: Path, sensitivi
     res = batched(client.gradcam, model, x, per_image=targets, chunk=64, desc=f"{model} Grad-CAM", progress=progress)
     pred = res.logits.argmax(1)
     titles = [f"map: {classes[t][:11]}\ntrue: {classes[y][:11]}\npred: {classes[p][:11]}"
-              for t, y, p in zip(res.targets, sample.labels, pred)]
+              for t, y, p in zip(res.targets, sample.labels, pred, strict=True)]
     grid_png = f"gradcam_{slug(target)}.png"
     plots.save(plots.overlay_grid(unit_images(man, sample.images), metrics.normalize_maps(res.cams), titles,
                                   suptitle=f"{model}: Grad-CAM at '{man['cam_layer']}', target = {target} "

@@ -116,7 +116,8 @@ def layers_grid(maps: list[tuple[str, np.ndarray]], labels: np.ndarray, classes:
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.9 * nrows), squeeze=False)
-    for ax, (layer, xy) in zip(axes.flat, maps):
+    # not strict: the grid has nrows * ncols >= n axes; the spare ones are switched off below
+    for ax, (layer, xy) in zip(axes.flat, maps, strict=False):
         sub = ""
         if metrics and layer in metrics:
             sub = f"\nk-NN {metrics[layer]['knn_acc_layer']:.2f}, silhouette {metrics[layer]['silhouette_layer']:.2f}"

@@ -48,12 +48,15 @@ def _img(path: Path, alt: str) -> str:
     if not path.is_file():
         return ""
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def _table(head: list[str], rows: list[list]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c if isinstance(c, str) else f'{c:.4g}')}</td>" for c in r) + "</tr>"
+    body = "".join("<tr>"
+                   + "".join(f"<td>{html.escape(c if isinstance(c, str) else f'{c:.4g}')}</td>" for c in r)
+                   + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -86,26 +89,34 @@ def render(results: dict[str, dict], out: Path, server: str, studies: list[dict]
                      f'<small>v{man["version"]} · {html.escape(man["task"])} · {html.escape(man["dataset"])} · '
                      f'{html.escape(man.get("provider", ""))}</small></h2>')
         if src:
-            parts.append("<p>Training: " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
-                                                     for k, v in src.items() if k.startswith(("test_", "best_", "epochs"))) + "</p>")
+            parts.append("<p>Training: "
+                         + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                                     for k, v in src.items() if k.startswith(("test_", "best_", "epochs")))
+                         + "</p>")
         if "accuracy" in s:
             a = s["accuracy"]
-            parts.append(f"<h3>Accuracy: {a['accuracy']:.2%} on {a['images']} {html.escape(a['dataset'])} images</h3>")
+            parts.append(f"<h3>Accuracy: {a['accuracy']:.2%} on {a['images']} {html.escape(a['dataset'])} "
+                         f"images</h3>")
             parts.append(_table(["class", "precision", "recall", "F1", "support"],
-                                [[c["class"], c["precision"], c["recall"], c["f1"], str(c["support"])] for c in a["per_class"]]))
-            parts += [_img(d / "confusion.png", "Confusion matrix"), _img(d / "mistakes.png", "Most confident mistakes"),
+                                [[c["class"], c["precision"], c["recall"], c["f1"], str(c["support"])]
+                                 for c in a["per_class"]]))
+            parts += [_img(d / "confusion.png", "Confusion matrix"),
+                      _img(d / "mistakes.png", "Most confident mistakes"),
                       _img(d / "curves.png", "Training curves")]
         if "vae" in s:
             v = s["vae"]
             parts.append(f"<h3>VAE on {v['n']} images: MSE {v['mse']:.4f}, PSNR {v['psnr']:.2f} dB, "
                          f"BCE {v['bce']:.1f}, KL {v['kl']:.1f}, ELBO {v['elbo']:.1f} (nats per image)</h3>")
-            parts += [_img(d / "vae_reconstructions.png", "Reconstructions"), _img(d / "vae_interpolations.png", "Interpolations"),
+            parts += [_img(d / "vae_reconstructions.png", "Reconstructions"),
+                      _img(d / "vae_interpolations.png", "Interpolations"),
                       _img(d / "vae_samples.png", "Samples from the prior")]
         if "embeddings" in s:
             e = s["embeddings"]
             parts.append(f"<h3>Embeddings ({e['images']} images, {e['per_class']} per class)</h3>")
-            parts.append(_table(["layer", "dims", "k-NN acc (layer)", "k-NN acc (t-SNE)", "trustworthiness", "silhouette"],
-                                [[k, str(v["dims"]), v["knn_acc_layer"], v["knn_acc_2d"], v["trustworthiness"], v["silhouette_layer"]]
+            parts.append(_table(["layer", "dims", "k-NN acc (layer)", "k-NN acc (t-SNE)", "trustworthiness",
+                                 "silhouette"],
+                                [[k, str(v["dims"]), v["knn_acc_layer"], v["knn_acc_2d"], v["trustworthiness"],
+                                  v["silhouette_layer"]]
                                  for k, v in e["layers"].items()]))
             parts.append(_img(d / "embeddings_layers.png", "t-SNE of every layer, input to output"))
             last = e.get("focus") or list(e["layers"])[-1]

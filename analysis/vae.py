@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
 import numpy as np
-
-from . import metrics, plots
 from tqdm.auto import tqdm
 
+from . import metrics, plots
 from .common import batched, call, unit_images, write_json
 
 
@@ -31,7 +29,8 @@ def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int
     scores = metrics.vae_metrics(x, recon, enc.mean, enc.logvar)
     show = min(10, len(x))
     plots.save(plots.rows_figure([x[:show], recon[:show]], ["original", "reconstruction"],
-                                 suptitle=f"{model}: reconstructions (MSE {scores['mse']:.4f}, PSNR {scores['psnr']:.1f} dB)"),
+                                 suptitle=f"{model}: reconstructions (MSE {scores['mse']:.4f}, "
+                                          f"PSNR {scores['psnr']:.1f} dB)"),
                out / "vae_reconstructions.png")
     if not pairs:
         pairs = [tuple(int(v) for v in rng.choice(len(ds), 2, replace=False)) for _ in range(n_pairs)]
@@ -40,11 +39,14 @@ def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int
         pair = unit_images(man, ds.images[[a, b]])
         strips.append(call(client.interpolate, model, pair[0], pair[1], steps=steps))
     alphas = np.linspace(0, 1, steps)
-    plots.save(plots.rows_figure(strips, [f"#{a} {_name(ds, a)}\n-> #{b} {_name(ds, b)}" for a, b in pairs], [f"{al:.2f}" for al in alphas],
-                                 suptitle=f"{model}: latent interpolation, alpha 0 -> 1"), out / "vae_interpolations.png")
+    plots.save(plots.rows_figure(strips, [f"#{a} {_name(ds, a)}\n-> #{b} {_name(ds, b)}" for a, b in pairs],
+                                 [f"{al:.2f}" for al in alphas],
+                                 suptitle=f"{model}: latent interpolation, alpha 0 -> 1"),
+               out / "vae_interpolations.png")
     z = rng.standard_normal((samples, int(man["latent_dim"]))).astype(np.float32)
     prior = call(client.decode, model, z)
-    plots.save(plots.image_grid(prior, suptitle=f"{model}: samples decoded from the prior N(0, I)"), out / "vae_samples.png")
+    plots.save(plots.image_grid(prior, suptitle=f"{model}: samples decoded from the prior N(0, I)"),
+               out / "vae_samples.png")
     result = {"model": model, "dataset": ds.name, "split_indices_scored": "random, seed %d" % seed, **scores,
               "pairs": [list(p) for p in pairs], "steps": steps, "alphas": alphas.tolist(), "prior_samples": samples,
               "figures": ["vae_reconstructions.png", "vae_interpolations.png", "vae_samples.png"]}

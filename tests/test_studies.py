@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from training.cli import train, train_all
 from training.config import ConfigError, list_studies, load_profile, resolve_config
-from training.engine import build_scheduler, build_optimizer, compute_loss, fit, model_args_for_data
+from training.engine import build_optimizer, build_scheduler, compute_loss, fit, model_args_for_data
 from training.models import create_model
 
 QUIET = {"progress": False, "log": lambda *_: None}

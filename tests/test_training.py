@@ -60,7 +60,8 @@ def test_early_stopping_stops_when_validation_stalls(fmnist_dir, tmp_path):
 
 
 def test_vae_run_reports_loss(fmnist_dir, tmp_path):
-    cfg = resolve_config({"model": "cvae", "epochs": 1, "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 1000}})
+    cfg = resolve_config({"model": "cvae", "epochs": 1,
+                          "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 1000}})
     m = fit(cfg, tmp_path, progress=False, log=lambda *_: None)
     assert m["val_metric"] == "val_loss" and 0 < m["test_loss"] < 600 and m["test_kl"] > 0
     assert cfg["task"] == "vae"
@@ -70,7 +71,8 @@ def test_vae_run_reports_loss(fmnist_dir, tmp_path):
 @pytest.mark.parametrize("name", ["constant", "step", "cosine"])
 def test_schedules(name):
     model = create_model("logreg")
-    cfg = resolve_config({"model": "logreg", "epochs": 4, "schedule": {"name": name, "warmup_epochs": 1, "step_size": 2, "gamma": 0.1}})
+    cfg = resolve_config({"model": "logreg", "epochs": 4,
+                          "schedule": {"name": name, "warmup_epochs": 1, "step_size": 2, "gamma": 0.1}})
     opt = build_optimizer(cfg, model)
     sched = build_scheduler(cfg, opt, steps_per_epoch=10)
     lrs = []
@@ -92,7 +94,8 @@ def test_schedules(name):
 def test_optimizers_and_penalties(opt_name):
     model = create_model("logreg")
     cfg = resolve_config({"model": "logreg", "optimizer": {"name": opt_name}})
-    assert type(build_optimizer(cfg, model)).__name__.lower() == {"sgd": "sgd", "adam": "adam", "nadam": "nadam", "adamw": "adamw"}[opt_name]
+    assert type(build_optimizer(cfg, model)).__name__.lower() == {
+        "sgd": "sgd", "adam": "adam", "nadam": "nadam", "adamw": "adamw"}[opt_name]
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     plain = compute_loss(model, x, y, cfg)[0]
     penalised = resolve_config({"model": "logreg", "loss": {"l1": 1e-3, "l2": 1e-2}})
@@ -183,7 +186,8 @@ model = "lenet"
 [[runs]]
 model = "mlpvae"
 """)
-    res = CliRunner().invoke(train_all, ["--config", str(profile), "--out", str(tmp_path / "out"), "--no-export", "--no-progress"])
+    res = CliRunner().invoke(train_all, ["--config", str(profile), "--out", str(tmp_path / "out"), "--no-export",
+                                         "--no-progress"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     runs = {r["run"]: r for r in summary["runs"]}
@@ -196,7 +200,8 @@ model = "mlpvae"
 def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     r = CliRunner().invoke(train, ["--model", "nope"])
     assert r.exit_code == 2 and "known models" in r.output
-    r = CliRunner().invoke(train, ["--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "x"), "--no-progress"])
+    r = CliRunner().invoke(train, ["--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "x"),
+                                   "--no-progress"])
     assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x" / "best.pt").exists()
     r = CliRunner().invoke(train_all, ["--profile", "nope"])

@@ -53,11 +53,14 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", default="lenet", help="Registry name of the model (see --list-models).")
-@click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Constructor argument, e.g. width=16 (repeatable; JSON values).")
+@click.option("--model-arg", multiple=True, metavar="KEY=VALUE",
+              help="Constructor argument, e.g. width=16 (repeatable; JSON values).")
 @click.option("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, lfw or lfw-min20.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Directory holding the dataset files (else $GLASSBOX_DATA_DIR, then system locations).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory holding the dataset files (else $GLASSBOX_DATA_DIR, then system locations).")
 @click.option("--subset", type=int, default=None, help="Train on a random subset of this many training images.")
-@click.option("--val-fraction", type=float, default=0.1, help="Fraction of the training set held out for validation (model selection).")
+@click.option("--val-fraction", type=float, default=0.1,
+              help="Fraction of the training set held out for validation (model selection).")
 @click.option("--longtail", is_flag=True, help="Keep only 10% of classes 0-4 (the long-tail CIFAR-10 variant).")
 @click.option("--epochs", type=int, default=10, help="Number of epochs.")
 @click.option("--batch-size", type=int, default=128, help="Training batch size.")
@@ -65,7 +68,8 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 @click.option("--lr", type=float, default=2e-3, help="Peak learning rate.")
 @click.option("--momentum", type=click.FloatRange(0), default=0.9, help="SGD momentum (0: plain SGD).")
 @click.option("--nesterov", is_flag=True, help="SGD: Nesterov momentum (needs --momentum above 0).")
-@click.option("--weight-decay", type=float, default=5e-4, help="Decoupled weight decay on weights (not biases or norms).")
+@click.option("--weight-decay", type=float, default=5e-4,
+              help="Decoupled weight decay on weights (not biases or norms).")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine",
               help="Learning-rate schedule: constant; step (x gamma every --step-size epochs); exp (x gamma every "
                    "epoch); cosine (to zero).")
@@ -105,9 +109,11 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 @click.option("--vae-recon", type=click.Choice(["bce", "mse", "l1"]), default="bce", help="VAE reconstruction loss.")
 @click.option("--seed", type=int, default=0, help="Random seed (split, init, batches, augmentation).")
 @click.option("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/<model>[-<dataset>]].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: runs/<model>[-<dataset>]].")
 @click.option("--resume", is_flag=True, help="Continue from <out>/last.pt.")
-@click.option("--export/--no-export", "do_export", default=False, help="Export the best checkpoint to the model repository.")
+@click.option("--export/--no-export", "do_export", default=False,
+              help="Export the best checkpoint to the model repository.")
 @click.option("--repository", default="exported", help="Model repository for --export.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--list-models", is_flag=True, help="List the registry and exit.")
@@ -126,7 +132,8 @@ def train(**o):
         "epochs": o["epochs"], "batch_size": o["batch_size"], "seed": o["seed"], "device": o["device"],
         "optimizer": {"name": o["optimizer"], "lr": o["lr"], "momentum": o["momentum"], "nesterov": o["nesterov"],
                       "weight_decay": o["weight_decay"]},
-        "schedule": {"name": o["schedule"], "warmup_epochs": o["warmup_epochs"], "step_size": o["step_size"], "gamma": o["gamma"]},
+        "schedule": {"name": o["schedule"], "warmup_epochs": o["warmup_epochs"], "step_size": o["step_size"],
+                     "gamma": o["gamma"]},
         "loss": {"name": o["loss_name"], "mse_on": o["mse_on"], "label_smoothing": o["label_smoothing"], "l1": o["l1"],
                  "l2": o["l2"], "penalize_bias": o["penalize_bias"], "vae_recon": o["vae_recon"],
                  "kl_weight": o["kl_weight"]},
@@ -147,8 +154,9 @@ def train(**o):
             metrics.update(_export(out, o["repository"], o["data_dir"]))
     except _errors() as e:
         _fail(str(e))
-    click.echo(f"{cfg['name']}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in metrics.items() if k.startswith(("test_", "best_", "exported"))))
+    click.echo(f"{cfg['name']}: "
+               + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in metrics.items() if k.startswith(("test_", "best_", "exported"))))
     click.echo(f"checkpoint: {out / 'best.pt'}")
 
 
@@ -165,10 +173,13 @@ def _studies_help() -> str:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a setting of every run, dotted keys, JSON values (e.g. epochs=2, dataset.subset=500, "
                    "optimizer.lr=0.01): a shortened run of a long study (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/<profile>].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output directory [default: runs/<profile>].")
 @click.option("--only", multiple=True, help="Train only the runs with these names (repeatable).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset directory for every run that sets none.")
-@click.option("--export/--no-export", "do_export", default=True, help="Export every trained run to the model repository.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Dataset directory for every run that sets none.")
+@click.option("--export/--no-export", "do_export", default=True,
+              help="Export every trained run to the model repository.")
 @click.option("--repository", default="exported", help="Model repository to export into.")
 @click.option("--resume", is_flag=True, help="Resume runs that have a last.pt; skip runs already finished.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

@@ -173,7 +173,7 @@ def expand_study(data: dict, path: Path) -> list[dict]:
         for point in itertools.product(*grid.values()):
             run = _normalise_run(copy.deepcopy(v))
             labels = [run.pop("name")] if "name" in run else []
-            for k, value in zip(grid, point):
+            for k, value in zip(grid, point, strict=True):
                 set_dotted(run, k, value)
                 labels.append(f"{k.rsplit('.', 1)[-1]}={value}")
             run["name"] = "-".join(labels) or "base"

@@ -19,9 +19,8 @@ import functools
 import hashlib
 import math
 import time
-from pathlib import Path
-
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -251,7 +250,8 @@ def teacher_outputs(cfg: dict, train: D.ArrayDataset) -> torch.Tensor:
     elif src.is_dir() and not (src / "manifest.json").is_file() and versions(src):
         src = src / str(versions(src)[-1])
     if not (src / "manifest.json").is_file():
-        raise ConfigError(f"teacher {cfg['distill']['teacher']!r}: not a run folder, checkpoint (.pt) or exported model")
+        raise ConfigError(f"teacher {cfg['distill']['teacher']!r}: "
+                          "not a run folder, checkpoint (.pt) or exported model")
     import onnxruntime as ort
     man = read_manifest(src)
     sess = ort.InferenceSession(str(src / man["graphs"]["classifier"]["file"]), providers=["CPUExecutionProvider"])
@@ -316,7 +316,8 @@ def prepare(cfg: dict, out: Path, resume: bool, log=print) -> Run:
                       "size": spec["size"], "mean": spec["mean"], "std": spec["std"],
                       "train_images": len(train_ds), "val_images": len(val_ds),
                       "val_fingerprint": fingerprint(val_ds)}
-    if state is not None and state["config"]["dataset"].get("val_fingerprint") not in (None, cfg["dataset"]["val_fingerprint"]):
+    if (state is not None
+            and state["config"]["dataset"].get("val_fingerprint") not in (None, cfg["dataset"]["val_fingerprint"])):
         # A different validation split would validate on images the model has trained on.
         raise D.DatasetError(f"{cfg['name']}: the validation split differs from the one this run started with "
                              f"(data or split code changed); resuming would leak training images into model "
