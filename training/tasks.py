@@ -18,12 +18,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The squared error of each image summed over its outputs, averaged over the batch.
+
+    Not ``F.mse_loss``'s mean over every element: that divides the gradient by the number of
+    classes too, and with it report 001's logistic regression (lr 0.1, 5 epochs) reached 87.8%
+    instead of 91%, and its lasso (lambda 1e-3) collapsed to 24% instead of 90%; summed per image
+    it reaches 91.4% and 88.7% (measured here)."""
+    return (out - target).pow(2).sum() / out.shape[0]
+
+
 def label_loss(logits: torch.Tensor, y: torch.Tensor, lc: dict) -> torch.Tensor:
-    """Cross-entropy, or MSE between the outputs and one-hot targets (as the reports' linear
-    models and MLP trained): on the logits, or on the softmax with ``mse_on = "softmax"``."""
+    """Cross-entropy, or the squared error against one-hot targets (as the reports' linear models
+    and MLP trained): on the logits, or on the softmax with ``mse_on = "softmax"``."""
     if lc["name"] == "mse":
         out = logits.softmax(1) if lc.get("mse_on") == "softmax" else logits
-        return F.mse_loss(out, F.one_hot(y, logits.shape[1]).to(out.dtype))
+        return squared_error(out, F.one_hot(y, logits.shape[1]).to(out.dtype))
     return F.cross_entropy(logits, y, label_smoothing=float(lc["label_smoothing"]))
 
 
@@ -45,7 +55,7 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, dc: dict) -> torch
     """Fit the teacher's outputs: MSE on the logits, or KL between temperature-softened
     distributions (scaled by T^2 so gradients keep their size as T changes, as Hinton et al.)."""
     if dc["loss"] == "mse":
-        return F.mse_loss(logits, teacher)
+        return squared_error(logits, teacher)
     t = float(dc["temperature"])
     return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
                     reduction="batchmean") * t * t

@@ -127,6 +127,21 @@ def _export_vae(model, tmp: Path, x: np.ndarray, name: str, record: dict, batch_
                         "inputs": [_t("latent", [-1, d])], "outputs": [_t("image", [-1, *x.shape[1:]])]}}
 
 
+def _classifier_entries(model, graphs: dict, ds: dict) -> dict:
+    shapes = {t["name"]: t["shape"] for t in graphs["classifier"]["outputs"]}
+    return {"labels": _labels(ds, graphs), "layers": [{"name": n, "shape": shapes[n]} for n in model.layers],
+            "latent_dim": None}
+
+
+def _vae_entries(model, graphs: dict, ds: dict) -> dict:
+    return {"labels": [], "layers": [], "latent_dim": model.latent_dim}
+
+
+# task -> (write and parity-check its graphs, its manifest entries); the graphs are the ones
+# training.tasks.TASKS names for the task.
+EXPORTERS = {"classifier": (_export_classifier, _classifier_entries), "vae": (_export_vae, _vae_entries)}
+
+
 def export_model(model: torch.nn.Module, config: dict, repository="exported", name: str | None = None, *,
                  checkpoint: str | Path | None = None, metrics: dict | None = None, history: list | None = None,
                  parity_images: int = 1000, images: np.ndarray | None = None, data_dir=None,
@@ -149,12 +164,8 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
     x = preprocess(raw, spec)
     record: dict = {}
     with staging(Path(repository), name) as tmp:
-        if model.task == "classifier":
-            graphs = _export_classifier(model, tmp, x, name, record, batch_sizes)
-            layer_shapes = {t["name"]: t["shape"] for t in graphs["classifier"]["outputs"]}
-        else:
-            graphs = _export_vae(model, tmp, x, name, record, batch_sizes)
-            layer_shapes = {}
+        build, entries = EXPORTERS[model.task]
+        graphs = build(model, tmp, x, name, record, batch_sizes)
         parity.gate(record)  # every graph checked: one table of everything that failed
         for graph, g in graphs.items():
             text = triton_config(g["triton_name"], g, MAX_BATCH_SIZE)
@@ -165,10 +176,8 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
             "model": {"arch": config["model"]["name"], "args": config["model"].get("args", {})},
             "input": _t("input", [-1, *x.shape[1:]]),
             "preprocessing": spec,
-            "labels": _labels(ds, graphs) if model.task == "classifier" else [],
-            "layers": [{"name": n, "shape": layer_shapes[n]} for n in getattr(model, "layers", [])],
+            **entries(model, graphs, ds),  # labels, layers, latent_dim
             "cam_layer": model.cam_layer,
-            "latent_dim": getattr(model, "latent_dim", None) if model.task == "vae" else None,
             "opset": OPSET, "max_batch_size": MAX_BATCH_SIZE, "graphs": graphs,
             "source": {"checkpoint": str(checkpoint) if checkpoint else None,
                        "sha256": sha256(Path(checkpoint)) if checkpoint else None,
