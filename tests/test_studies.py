@@ -49,10 +49,22 @@ def test_every_study_runs_tiny(name, data_dir, tmp_path):
             assert len(hist) == 1 and hist[0]["epoch"] == 1
             # test curves where the study asks for them, and then never used for selection
             assert ("test_loss" in hist[0]) == study["test_curves"]
+    if configs[0]["method"] == "engine":  # `analyze compare` draws one line per variant and split
+        from analysis.cli import cli as analyze
+        r = CliRunner().invoke(analyze, ["compare", str(tmp_path)])
+        assert r.exit_code == 0, r.output
+        result = json.loads((tmp_path / "compare" / "compare.json").read_text())
+        assert [row["variant"] for row in result["rows"]] == study["variants"]
+        assert (tmp_path / "compare" / "compare_curves.png").read_bytes()[:4] == b"\x89PNG"
     if name in ("mlpvae-mnist", "featuremaps-mnist"):  # snapshots exported for `analyze snapshots`
-        index = json.loads((tmp_path / study["variants"][0] / "snapshots" / "index.json").read_text())
-        assert index and all((tmp_path / study["variants"][0] / "snapshots" / "exported" / s["model"]).is_dir()
-                             for s in index)
+        run = tmp_path / study["variants"][0]
+        index = json.loads((run / "snapshots" / "index.json").read_text())
+        assert index and all((run / "snapshots" / "exported" / s["model"]).is_dir() for s in index)
+        from analysis.cli import cli as analyze
+        layer = ["--layer", "conv1"] if name == "featuremaps-mnist" else []
+        r = CliRunner().invoke(analyze, ["snapshots", str(run), "--data-dir", str(data_dir / "mnist"), *layer])
+        assert r.exit_code == 0, r.output
+        assert list(run.glob("snapshots_*.png")), r.output
 
 
 def test_regularization_study_lasso_is_sparser_ridge_smaller(data_dir, tmp_path):
