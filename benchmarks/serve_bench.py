@@ -5,8 +5,11 @@
 Exports random-weight models into a temporary repository (weights do not change the compute),
 starts `serve` as a subprocess, and drives it with an asyncio gRPC client (KServe v2 ModelInfer,
 batch-1 requests, output `logits`) at concurrency 1, 8, 32 and 64. Beside it: in-process
-onnxruntime on the same graph at batch 1 and batch 32. Finally tritonclient's asyncio client
-(in a subprocess: its protos and ours share names) confirms the v2 endpoint and is timed too.
+onnxruntime on the same graph at batch 1 and batch 32. Then Triton's own load generator, perf_analyzer
+(batch-1 ModelInfer over gRPC, the same concurrencies, zero and random input data; its libraries are fetched
+by ``benchmarks/perf_analyzer.py`` into benchmarks/.deps/; ``--no-perf-analyzer`` skips it). Finally
+tritonclient's asyncio client (in a subprocess: its protos and ours share names) confirms the v2 endpoint
+and is timed too.
 
 A Python gRPC client spends about as much CPU per call as the server, so on 2 cores it measures
 itself too. Where ``benchmarks/loadgen/build.sh`` can build the C++ async client (Debian's
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -129,7 +134,44 @@ asyncio.run(serve(int(sys.argv[1]), bytes.fromhex(sys.argv[2])))
 
 def row(model: str, mode: str, ips: float, p50: float | None = None, p99: float | None = None) -> None:
     tail = f" {p50:8.2f} {p99:8.2f}" if p50 is not None else ""
-    print(f"{model:10s} {mode:24s} {ips:10.0f}{tail}", flush=True)
+    print(f"{model:10s} {mode:26s} {ips:10.0f}{tail}", flush=True)
+
+
+def perf_analyzer_tool():
+    """(perf_analyzer, its environment) with its libraries fetched (benchmarks/perf_analyzer.py), or None."""
+    from perf_analyzer import Missing, prepare
+    try:
+        return prepare()
+    except Missing as e:
+        print(f"(perf_analyzer rows skipped: {e})")
+        return None
+
+
+def perf_analyzer_command(exe, address: str, model: str, concurrency, seconds: float, data: str) -> list[str]:
+    """Batch-1 ModelInfer over gRPC at ``concurrency``; windows of a third of ``seconds`` (perf_analyzer
+    reports once three in a row agree within 10%); ``data``: zero or random (its default)."""
+    return [str(exe), "-m", model, "-u", address, "-i", "grpc", "-b", "1", "--concurrency-range", str(concurrency),
+            "--measurement-interval", str(max(500, int(seconds * 1000 / 3))),
+            *(["--input-data", data] if data != "random" else [])]
+
+
+def perf_analyzer(tool, address: str, model: str, concurrency: int, seconds: float,
+                  data: str) -> tuple[float, float, float]:
+    """requests/s, p50 ms, p99 ms from perf_analyzer's CSV report. On a shared machine three windows in a
+    row may not agree: then once more with windows three times as long (what perf_analyzer suggests)."""
+    exe, env = tool
+    for window_s in (seconds, 3 * seconds):
+        with tempfile.TemporaryDirectory() as tmp:
+            report = Path(tmp) / "report.csv"
+            cmd = perf_analyzer_command(exe, address, model, concurrency, window_s, data) + ["-f", str(report)]
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30 * window_s + 60)
+            if r.returncode == 0 and report.is_file():
+                with report.open() as f:
+                    got = next(csv.DictReader(f))
+                return float(got["Inferences/Second"]), float(got["p50 latency"]) / 1e3, float(got["p99 latency"]) / 1e3
+            if "stable measurement" not in r.stdout + r.stderr:
+                break
+    raise RuntimeError(" ".join((r.stdout + r.stderr).split())[-300:])
 
 
 def loadgen_binary() -> Path | None:
@@ -178,6 +220,8 @@ def main():
     ap.add_argument("--server-args", default="", help="extra serve options, e.g. '--intra-op-threads 1'")
     ap.add_argument("--no-cpp", action="store_true", help="skip the C++ client rows")
     ap.add_argument("--no-floor", action="store_true", help="skip the no-op server rows")
+    ap.add_argument("--no-perf-analyzer", action="store_true", help="skip Triton's perf_analyzer rows")
+    ap.add_argument("--perf-data", default="zero,random", help="perf_analyzer --input-data modes to run")
     ap.add_argument("--export-only", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.export_only:  # the exporter checks Triton configs with tritonclient's protos: keep them out of this process
@@ -189,11 +233,16 @@ def main():
         repo = Path(tmp)
         subprocess.run([sys.executable, __file__, "--export-only", str(repo), "--models", a.models], check=True)
         binary = None if a.no_cpp else loadgen_binary()
+        pa = None if a.no_perf_analyzer else perf_analyzer_tool()
         proc, address = start_server(repo, *a.server_args.split())
         try:
             print(f"\nserver: serve {a.server_args or '(defaults)'}; client: grpc.aio, batch-1 ModelInfer, "
                   f"{os.cpu_count()} CPUs shared")
-            print(f"{'model':10s} {'mode':24s} {'images/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
+            if pa:
+                example = perf_analyzer_command(pa[0], address, "MODEL", "C", a.seconds, "zero")
+                print(f"perf_analyzer: LD_LIBRARY_PATH={pa[1]['LD_LIBRARY_PATH']} "
+                      f"{shlex.join(example)} (random data: without --input-data)")
+            print(f"{'model':10s} {'mode':26s} {'images/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
             got = {}
             for name in names:
                 shape = [-1, 1, 32, 32] if name in ("inception",) else [-1, 1, 28, 28]
@@ -208,16 +257,26 @@ def main():
                     for c in map(int, a.concurrency.split(",")):
                         got[name, "cpp", c] = loadgen(binary, address, name, shape, c, a.seconds)
                         row(name, f"C++ client c={c}", *got[name, "cpp", c])
+                if pa:
+                    for c in map(int, a.concurrency.split(",")):
+                        for data in a.perf_data.split(","):
+                            try:
+                                got[name, "pa-" + data, c] = perf_analyzer(pa, address, name, c, a.seconds, data)
+                            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                                print(f"{name:10s} {f'perf_analyzer c={c} {data}':26s} FAILED {e}", flush=True)
+                                continue
+                            row(name, f"perf_analyzer c={c} {data}", *got[name, "pa-" + data, c])
                 r = subprocess.run([sys.executable, "-c", TRITON, address, name, ",".join(map(str, shape)), "32",
                                     str(a.seconds)], capture_output=True, text=True, cwd=ROOT)
                 result = r.stdout.split()[0] if r.returncode == 0 else "FAILED " + r.stderr[-200:]
-                print(f"{name:10s} {'tritonclient.aio c=32':24s} {result:>10s}", flush=True)
+                print(f"{name:10s} {'tritonclient.aio c=32':26s} {result:>10s}", flush=True)
         finally:
             stop_server(proc)
     if not a.no_floor:
         noop_floor(binary, a.seconds)
     targets = [("lenet c=32 >= 5000 images/s", lambda: got["lenet", "grpc", 32][0] >= 5000),
                ("lenet c=32 >= 5000 images/s (C++ client)", lambda: got["lenet", "cpp", 32][0] >= 5000),
+               ("lenet c=32 >= 5000 images/s (perf_analyzer)", lambda: got["lenet", "pa-random", 32][0] >= 5000),
                ("lenet c=1 p50 <= 1 ms", lambda: got["lenet", "grpc", 1][1] <= 1.0),
                ("inception c=32 >= 70% of in-process batch 32",
                 lambda: got["inception", "grpc", 32][0] >= 0.7 * got["inception", "ort", 32])]

@@ -171,6 +171,8 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
             ends = from_proto(request.latents, "latents")
             if ends.shape != (2, m.manifest["latent_dim"]):
                 raise InvalidArgument(f"latents: shape {list(ends.shape)}, need [2, {m.manifest['latent_dim']}]")
+            if not np.isfinite(ends).all():
+                raise InvalidArgument("latents: contains NaN or Inf")
         else:
             raise InvalidArgument("Interpolate needs two images or two latents")
         z = (1 - alphas[:, None]) * ends[0] + alphas[:, None] * ends[1]

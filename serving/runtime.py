@@ -5,6 +5,7 @@ become INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 
@@ -15,12 +16,18 @@ from .batcher import Batcher
 from .errors import InvalidArgument, ServingError, Unavailable
 
 log = logging.getLogger("glassbox.serving")
+# Set in a gRPC call's own task by the shutdown gate (``handlers``). While draining, a gRPC call reaching the
+# servicers was queued in gRPC before the signal, so it is served and its reply (or error) waits for ``closed``;
+# a REST request after the signal is refused at once (``handle``).
+VIA_GRPC = contextvars.ContextVar("glassbox_via_grpc", default=False)
 
 
 class Runtime:
     def __init__(self, metrics, *, max_batch: int | None = None, max_delay_s: float = 0.0, max_queue: int = 256):
         self.repo = None          # set once loaded; until then every call is UNAVAILABLE
-        self.draining = False
+        self.draining = False     # shutting down (``server.drain``): replies wait for ``closed``
+        self.closed = asyncio.Event()  # set once gRPC takes no more calls: the replies held until then go
+        self.arrivals = 0         # gRPC calls that reached the servicers while draining (``server.drain``)
         self.metrics = metrics
         self.batchers: dict[tuple[str, int, str], Batcher] = {}
         self.options = {"max_batch": max_batch, "max_delay_s": max_delay_s, "max_queue": max_queue}
@@ -66,6 +73,17 @@ class Runtime:
             n = len(next(iter(feeds.values())))
         return await batcher.submit(feeds, outputs, n, deadline)
 
+    async def hold(self) -> None:
+        """While draining, a reply waits until gRPC takes no more calls: a client answered sooner would send
+        its next call at once, and gRPC cancels the calls still queued when it shuts down (``server.drain``)."""
+        if self.draining:
+            await self.closed.wait()
+
+    def count(self, method: str, status: str) -> None:
+        """Count a call refused before its model name was read."""
+        if self.metrics:
+            self._observe(method, "", status, 0.0)
+
     def _observe(self, method: str, model_name: str, status: str, seconds: float) -> None:
         # Names come from clients: an unknown one is labelled "unknown", so a client cannot grow
         # the metric's label set without bound.
@@ -84,11 +102,13 @@ class Runtime:
         t0 = time.perf_counter()
         status = "OK"
         try:
-            if self.draining:
+            if self.draining and not VIA_GRPC.get():  # a REST request (serving/rest.py) after the signal
                 raise Unavailable("server is shutting down")
             return await fn()
         except ServingError as e:
             status = e.code.name
+            if VIA_GRPC.get():
+                await self.hold()
             await context.abort(e.code, str(e))
         except grpc.aio.AbortError:
             raise
@@ -98,6 +118,8 @@ class Runtime:
         except Exception as e:
             status = "INTERNAL"
             log.exception("%s on %s failed", method, model_name)
+            if VIA_GRPC.get():
+                await self.hold()
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
             if self.metrics:

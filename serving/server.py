@@ -1,16 +1,20 @@
 """``serve``: the model repository over gRPC (domain API + KServe v2), health, reflection, metrics.
 
-    serve --repository exported --port 8500 [--metrics-port 8501] [--host 0.0.0.0]
+    serve --repository exported --port 8500 [--metrics-port 8501] [--host 0.0.0.0] [--http-port 8000]
 
 Health is NOT_SERVING while models load and again while shutting down. SIGTERM / SIGINT: health
-goes NOT_SERVING, new calls get UNAVAILABLE, accepted calls are answered, exit 0 within --grace.
+goes NOT_SERVING, every call received before the signal is answered, later ones get UNAVAILABLE, none is
+cancelled (``drain``); exit 0 as soon as that is done, within --grace.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -24,8 +28,10 @@ from glassbox.manifest import MAX_QUEUE_DELAY_US
 from ._generated.glassbox.v1 import glassbox_pb2, glassbox_pb2_grpc
 from ._generated.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from .domain import GlassboxServicer
+from .handlers import add_service
 from .metrics import Metrics
 from .repository import Repository
+from .rest import RestServer
 from .runtime import Runtime
 from .v2 import InferenceServicer
 
@@ -46,7 +52,7 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
                 intra_op_threads: int = 0, inter_op_threads: int = 0, device: str = "auto",
                 max_message_mb: int = 64, grace: float = 10.0, tls_cert: str | None = None,
                 tls_key: str | None = None, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> int:
+                stop: asyncio.Event | None = None, http_port: int = 0, http_host: str = "127.0.0.1") -> int:
     if not Path(repository).is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist (run train-all or export first)")
     metrics = Metrics()
@@ -55,12 +61,14 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
     server = grpc.aio.server(options=[("grpc.max_send_message_length", limit),
                                       ("grpc.max_receive_message_length", limit),
                                       ("grpc.so_reuseport", 0)])
-    glassbox_pb2_grpc.add_GlassboxServicer_to_server(GlassboxServicer(runtime), server)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(runtime, _version()), server)
+    add_service(server, glassbox_pb2_grpc.add_GlassboxServicer_to_server, GlassboxServicer(runtime), runtime)
+    add_service(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                InferenceServicer(runtime, _version()), runtime)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_service(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer, runtime)  # Check waits too
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{host}:{port}"
+    check_port(host, port, "--port")
     try:
         if tls_cert or tls_key:
             if not (tls_cert and tls_key):
@@ -70,7 +78,8 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
         else:
             bound = server.add_insecure_port(address)
     except RuntimeError:
-        raise OSError(f"cannot bind {address}: the port is in use or the address is not local") from None
+        raise OSError(f"--port {port}: cannot listen on {address} (the port is in use or the address is not "
+                      "local)") from None
 
     async def set_health(status):
         for name in ("", *SERVICES):
@@ -84,11 +93,24 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
         except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
             pass
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    if metrics_port:  # before the gRPC server starts: a port in use ends here, with nothing to stop
+        try:
+            metrics.serve_http(metrics_port, host)
+        except OSError as e:
+            raise OSError(f"--metrics-port {metrics_port}: cannot listen on {host}:{metrics_port} "
+                          f"({_in_use(e)}; 0 disables metrics)") from None
+        log.info("metrics on http://%s:%d/metrics", host, metrics_port)
     await server.start()
     log.info("listening on %s:%d (health NOT_SERVING while loading)", host, bound)
-    if metrics_port:
-        metrics.serve_http(metrics_port, host)
-        log.info("metrics on http://%s:%d/metrics", host, metrics_port)
+    rest = None  # KServe v2 REST (serving/rest.py): the same Runtime, on this event loop
+    if http_port:
+        try:
+            rest = await RestServer(runtime, _version(), max_body=limit, grace=grace).start(
+                http_host, http_port, tls_cert=tls_cert, tls_key=tls_key)
+        except OSError:
+            await server.stop(0)
+            raise
+        log.info("KServe v2 REST on %s://%s:%d/v2", rest.scheme, http_host, rest.port)
 
     load = loop.run_in_executor(None, lambda: Repository(repository, device=device, intra_op_threads=intra_op_threads,
                                                          inter_op_threads=inter_op_threads))
@@ -96,13 +118,17 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
     await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if not load.done():  # stopped while loading: nothing was accepted, so nothing to answer
         log.info("stopped while loading models")
-        await server.stop(0)
+        await drain(server, runtime, grace)
+        if rest:
+            await rest.stop()
         return 0
     stopped.cancel()
     try:
         repo = load.result()
     except Exception:
         await server.stop(0)
+        if rest:
+            await rest.stop()
         raise
     runtime.attach(repo)
     for m in repo.all():
@@ -115,14 +141,72 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
         ready.set()
 
     await stop.wait()
-    log.info("shutting down: NOT_SERVING, refusing new calls, answering accepted ones (grace %.0fs)", grace)
-    runtime.draining = True
+    signalled = time.monotonic()
+    log.info("shutting down: NOT_SERVING, answering the calls received, then refusing new ones (grace %.0fs)", grace)
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(grace)
+    runtime.draining = True
+    rest_stopped = asyncio.ensure_future(rest.stop()) if rest else None  # drains beside gRPC
+    await drain(server, runtime, grace, signalled)
+    if rest_stopped:
+        await rest_stopped
     for b in runtime.batchers.values():
         await b.stop()
     log.info("stopped")
     return 0
+
+
+QUIET_S = 0.05    # no call reached the servicers for this long, over QUIET_TICKS wake-ups of the event loop
+QUIET_TICKS = 5   # (a process the OS starved sees time pass with no chance to take calls): gRPC's queue is empty
+MAX_HOLD_S = 1.0  # the longest drain waits for that, within the grace period
+
+
+async def drain(server, runtime: Runtime, grace: float, since: float | None = None) -> None:
+    """Stop ``server`` without losing a call it has accepted.
+
+    ``server.stop(grace)`` lets the calls the servicers are running finish, but gRPC core *cancels* the calls
+    that have arrived and still wait in its queue for a servicer (grpc/grpc#41785: the client gets CANCELLED;
+    grpc.aio asks core for one call per method at a time, so under load that queue is rarely empty). And as
+    long as calls are answered, clients send more. So while draining, calls still reach the servicers and
+    are served, but every reply waits (``Runtime.hold``); once no call has arrived for ``QUIET_S`` (each
+    client then waits for a reply: the queue is empty; at most ``MAX_HOLD_S``), gRPC is stopped - clients
+    are told to go away, later calls get UNAVAILABLE, there is nothing queued to cancel - and only then do
+    the replies go. All within ``grace`` seconds of ``since`` (the signal).
+    """
+    since = time.monotonic() if since is None else since
+    runtime.draining = True
+    hold_until = since + min(MAX_HOLD_S, grace / 2)
+    quiet, seen = 0, -1
+    while quiet < QUIET_TICKS and time.monotonic() < hold_until:
+        await asyncio.sleep(QUIET_S / QUIET_TICKS)
+        quiet, seen = (quiet + 1 if runtime.arrivals == seen else 0), runtime.arrivals
+    stopping = asyncio.ensure_future(server.stop(max(0.0, grace - (time.monotonic() - since))))
+    await asyncio.sleep(0)  # stop's first step shuts gRPC core down (no new calls) before it first waits
+    runtime.closed.set()  # the held replies go
+    log.info("gRPC stopped %.0f ms after the signal; %d calls had arrived meanwhile%s",
+             1e3 * (time.monotonic() - since), runtime.arrivals, "" if quiet >= QUIET_TICKS else ", and still came")
+    await stopping
+
+
+def _in_use(e: OSError) -> str:
+    return "already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+
+
+def check_port(host: str, port: int, option: str) -> None:
+    """One clear line naming ``option`` when ``host:port`` cannot be listened on (grpc logs a core error to
+    stderr and says less; bound the way grpc binds: SO_REUSEADDR, so sockets in TIME_WAIT do not count)."""
+    if not port:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"{option} {port}: cannot resolve host {host!r} ({e.strerror})") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+            except OSError as e:
+                raise OSError(f"{option} {port}: cannot listen on {host}:{port} ({_in_use(e)})") from None
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
@@ -153,6 +237,10 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
               help="gRPC message size limit, both directions.")
 @click.option("--grace", default=10.0, type=click.FloatRange(0),
               help="Seconds to finish accepted calls on SIGTERM/SIGINT.")
+@click.option("--http-port", default=0, type=click.IntRange(0, 65535),
+              help="KServe v2 REST port (HTTP/JSON and binary tensors, as Triton's): the same models and batchers "
+                   "as gRPC; request bodies up to --max-message-mb (0 disables).")
+@click.option("--http-host", default="127.0.0.1", help="Interface for --http-port; 0.0.0.0 to accept remote clients.")
 @click.option("--tls-cert", default=None, type=click.Path(exists=True, dir_okay=False),
               help="PEM certificate chain for TLS.")
 @click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="PEM private key for TLS.")

@@ -3,13 +3,18 @@
     export runs/quick/lenet/best.pt
     export runs/quick/lenet                        # a run directory (its best.pt)
     export runs/quick --repository exported        # every run directory of a train-all output
+    export --layout triton --out triton_repo       # exported/ as a Triton model repository (torch-free)
+    export runs/quick --layout triton --out DIR    # export, then write those models' Triton layout
 
 Exit codes: 0 all exported; 1 a parity gate refused a model (nothing written for it);
 2 a usage error, a missing checkpoint or a missing dataset (one line on stderr each).
+With ``--layout triton``, models or versions left out of the Triton layout (corrupted, or inputs
+and outputs that differ from the newest version's) are one ``warning:`` line each on stderr.
 """
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -43,7 +48,7 @@ def _fail(message: str, code: int):
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.argument("paths", nargs=-1, required=True, metavar="CHECKPOINT_OR_RUN_DIR...")
+@click.argument("paths", nargs=-1, metavar="[CHECKPOINT_OR_RUN_DIR]...")
 @click.option("--repository", default="exported", type=click.Path(file_okay=False),
               help="Model repository: each model becomes <repository>/<name>/<version>/ (the next free integer).")
 @click.option("--name", default=None,
@@ -55,7 +60,13 @@ def _fail(message: str, code: int):
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the dataset's test files are [default: the checkpoint config's data_dir, then the "
                    "usual search].")
-def export(paths, repository, name, parity_images, data_dir):
+@click.option("--layout", type=click.Choice(["glassbox", "triton"]), default="glassbox",
+              help="triton: also write a Triton Inference Server model repository into --out, from the models "
+                   "just exported or, without checkpoints, from every model of --repository (no torch needed).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="The Triton model repository to write (with --layout triton): <out>/<v2 name>/config.pbtxt "
+                   "and <out>/<v2 name>/<version>/model.onnx; same-named models in it are replaced.")
+def export(paths, repository, name, parity_images, data_dir, layout, out):
     """Export checkpoints to ONNX graphs in the model repository, gated by a parity check.
 
     CHECKPOINT_OR_RUN_DIR is a checkpoint file (best.pt), a run directory holding best.pt, or a
@@ -65,7 +76,49 @@ def export(paths, repository, name, parity_images, data_dir):
     Triton configs and manifest.json. A model is refused, writing nothing, when onnxruntime and
     torch disagree beyond rtol 1e-3 / atol 1e-5 or on any argmax (exit code 1). A missing
     checkpoint or dataset exits with code 2.
+
+    --layout triton --out DIR writes what tritonserver --model-repository DIR loads unchanged: one
+    model per graph, named as the Glassbox v2 endpoint names it (lenet, lenet.gradcam, cvae.encoder).
     """
+    if (layout == "triton") != bool(out):
+        _fail("--layout triton and --out DIR go together", 2)
+    if not paths:
+        if layout != "triton":
+            _fail("missing CHECKPOINT_OR_RUN_DIR (or --layout triton --out DIR to convert the repository)", 2)
+        sys.exit(_write_triton(repository, out, None))
+    code, names = _export(paths, repository, name, parity_images, data_dir)
+    if layout == "triton" and names:
+        code = max(code, _write_triton(repository, out, names))
+    sys.exit(code)
+
+
+def _write_triton(repository: str, out: str, models: list[str] | None) -> int:
+    from .triton import write_triton_repository
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            written = write_triton_repository(repository, out, models)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            written, error = [], " ".join(str(e).split())
+        else:
+            error = ""
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    if error:
+        click.echo(f"error: {error}", err=True)
+        return 2
+    if not written:
+        click.echo(f"error: no model of {repository} could be written to {out}", err=True)
+        return 2
+    click.echo(f"{'triton model':24s} {'versions':>10s}  from")
+    for tm in written:
+        click.echo(f"{tm.name:24s} {','.join(map(str, tm.versions)):>10s}  {tm.source}/{tm.graph}")
+    click.echo(f"tritonserver --model-repository {Path(out).resolve()}")
+    return 0
+
+
+def _export(paths, repository, name, parity_images, data_dir) -> tuple[int, list[str]]:
+    """Export checkpoints into ``repository``: the exit code and the names of the models written."""
     from glassbox.data import DatasetError
 
     from . import ParityError, export_checkpoint
@@ -102,4 +155,4 @@ def export(paths, repository, name, parity_images, data_dir):
         click.echo(f"{'model':24s} {'version':>7s}  {'graphs':18s} {'max abs err':>11s} {'argmax':>7s} {'seconds':>8s}")
         for m, v, g, err, agree, s in rows:
             click.echo(f"{m:24s} {v:7d}  {g:18s} {err:11.2e} {'-' if agree is None else f'{agree:.1%}':>7s} {s:8.1f}")
-    sys.exit(code)
+    return code, list(dict.fromkeys(r[0] for r in rows))

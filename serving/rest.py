@@ -1,0 +1,315 @@
+"""The KServe v2 REST endpoint (``serve --http-port N``): HTTP/JSON and the binary tensor extension.
+
+    GET  /v2/health/live                       200 while the process runs
+    GET  /v2/health/ready                      200 once every model is loaded, 503 while loading or draining
+    GET  /v2                                   server metadata
+    GET  /v2/models/{name}[/versions/{v}]      model metadata (v2 names: lenet, lenet.gradcam, cvae.encoder)
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    GET  /v2/models/{name}[/versions/{v}]/config
+    POST /v2/models/{name}[/versions/{v}]/infer
+
+A request becomes the gRPC servicer's own ``ModelInferRequest`` (JSON ``data`` as typed contents,
+binary tensors as raw contents) and goes through ``InferenceServicer`` unchanged: the same
+validation, the same batchers of the same Runtime, the same metrics and reply; only the envelope
+differs. Errors are ``{"error": "..."}`` with the HTTP status of their gRPC code (``STATUS``); a
+body over the size limit (``--max-message-mb``, as for gRPC) is 413.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import ssl
+
+import grpc
+import numpy as np
+from aiohttp import web
+from google.protobuf import json_format
+
+from ._generated.inference import grpc_service_pb2 as pb
+from .errors import InvalidArgument
+from .v2 import NP_TYPES, InferenceServicer
+
+log = logging.getLogger("glassbox.serving")
+
+HEADER = "Inference-Header-Content-Length"  # the binary extension: the JSON part's length
+STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,  # a model that failed to load: retrying will not help
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+OFFLOAD_BYTES = 1 << 20  # JSON this large is parsed / written on a worker thread, not on the event loop
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _Context:
+    """The part of a gRPC context that Runtime.handle and the servicer use: abort raises, so the
+    REST handler turns the status code into an HTTP reply; no deadline (HTTP sends none)."""
+
+    def time_remaining(self):
+        return None
+
+    async def abort(self, code, details):
+        raise _Abort(code, details)
+
+
+def error(status: int, message: str, headers=None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _array(data, datatype: str, name: str) -> np.ndarray | None:
+    """A JSON ``data`` value (flat or nested row-major) as a flat array of the datatype's type;
+    None for a datatype the servicer will refuse with its own message."""
+    dtype = NP_TYPES.get(datatype)
+    if dtype is None:
+        return None
+    try:
+        a = np.asarray(data)
+    except (ValueError, TypeError):  # ragged nesting
+        raise InvalidArgument(f"input {name!r}: data is not a rectangular (nested) list of numbers") from None
+    if a.dtype.kind not in ("iu" if dtype is np.int64 else "iuf"):
+        raise InvalidArgument(f"input {name!r}: {datatype} data must be a list of "
+                              f"{'integers' if dtype is np.int64 else 'numbers'}")
+    return a.astype(dtype, copy=False).ravel()
+
+
+def parse_infer(body: bytes, header_length: str | None, model: str, version: str):
+    """An HTTP infer body -> (the servicer's ModelInferRequest, output name -> binary?, binary default)."""
+    binary = b""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidArgument(f"{HEADER}: {header_length!r} is not an integer") from None
+        if not 0 < n <= len(body):
+            raise InvalidArgument(f"{HEADER}: {n} is outside the body's {len(body)} bytes")
+        body, binary = body[:n], memoryview(body)[n:]
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"request body is not valid JSON ({e})") from None
+    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
+        raise InvalidArgument('request body must be a JSON object with a non-empty "inputs" list')
+    params = req.get("parameters") or {}
+    outputs = req.get("outputs") or []
+    if not isinstance(params, dict) or not isinstance(outputs, list) or not isinstance(req.get("id", ""), str):
+        raise InvalidArgument('"parameters" must be an object, "outputs" a list and "id" a string')
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=req.get("id", ""))
+    items, offset = [], 0
+    for k, t in enumerate(req["inputs"]):
+        if not isinstance(t, dict):
+            raise InvalidArgument(f"inputs[{k}] is not an object")
+        name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InvalidArgument(f'inputs[{k}]: "name" and "datatype" must be strings')
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise InvalidArgument(f'input {name!r}: "shape" must be a list of non-negative integers')
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidArgument(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidArgument(f"input {name!r}: binary_data_size {size} runs past the body's binary part "
+                                      f"({len(binary) - offset} bytes left)")
+            items.append(bytes(binary[offset:offset + size]))
+            offset += size
+        elif "data" in t:
+            items.append(_array(t["data"], datatype, name))
+        else:
+            raise InvalidArgument(f'input {name!r}: neither "data" nor a binary_data_size parameter')
+    if offset != len(binary):
+        raise InvalidArgument(f"{len(binary) - offset} bytes of binary data beyond the inputs' binary_data_size")
+    if any(isinstance(x, bytes) for x in items):  # the servicer takes raw contents for all inputs or none
+        request.raw_input_contents.extend(x if isinstance(x, bytes) else b"" if x is None else x.tobytes()
+                                          for x in items)
+    else:
+        for inp, a in zip(request.inputs, items, strict=True):
+            if a is not None:
+                (inp.contents.int64_contents if a.dtype == np.int64 else inp.contents.fp32_contents).extend(a.tolist())
+    default = params.get("binary_data_output", False)
+    wanted = {}
+    for k, o in enumerate(outputs):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise InvalidArgument(f'outputs[{k}] must be an object with a "name"')
+        op = o.get("parameters") or {}
+        if "classification" in op:
+            raise InvalidArgument("the classification extension is not supported: ask for probabilities, or use "
+                                  "the Glassbox Classify API (top-k with labels)")
+        request.outputs.add(name=o["name"])
+        wanted[o["name"]] = bool(op.get("binary_data", default))
+    return request, wanted, bool(default)
+
+
+def reply_body(reply: pb.ModelInferResponse, wanted: dict, default: bool) -> tuple[bytes, dict]:
+    """The servicer's reply as an HTTP body and headers: JSON ``data``, or binary tensors after the
+    JSON for the outputs asked for with ``binary_data`` (``Inference-Header-Content-Length``)."""
+    outputs, chunks = [], []
+    for o, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
+        entry = {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)}
+        if wanted.get(o.name, default):
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = np.frombuffer(raw, NP_TYPES[o.datatype]).tolist()
+        outputs.append(entry)
+    head = {"model_name": reply.model_name, "model_version": reply.model_version,
+            **({"id": reply.id} if reply.id else {}), "outputs": outputs}
+    text = json.dumps(head).encode()
+    if not chunks:
+        return text, {"Content-Type": "application/json"}
+    return b"".join([text, *chunks]), {"Content-Type": "application/octet-stream", HEADER: str(len(text))}
+
+
+class RestServer:
+    """aiohttp on the serving event loop; every call goes to the same InferenceServicer code as gRPC."""
+
+    def __init__(self, runtime, version: str, *, max_body: int, grace: float = 10.0):
+        self.rt = runtime
+        self.v2 = InferenceServicer(runtime, version)
+        self.max_body = max_body
+        self.app = web.Application(client_max_size=max_body, middlewares=[_errors])
+        r = self.app.router
+        r.add_get("/v2", self.server_metadata)
+        r.add_get("/v2/health/live", self.live)
+        r.add_get("/v2/health/ready", self.ready)
+        for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            r.add_get(base, self.model_metadata)
+            r.add_get(base + "/ready", self.model_ready)
+            r.add_get(base + "/config", self.model_config)
+            r.add_post(base + "/infer", self.infer)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=grace)
+        self.port, self.scheme = 0, "http"
+
+    async def start(self, host: str, port: int, *, tls_cert: str | None = None,
+                    tls_key: str | None = None) -> RestServer:
+        """Listen on host:port, HTTPS with the gRPC port's certificate when given (OSError when it cannot)."""
+        context = None
+        if tls_cert and tls_key:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls_cert, tls_key)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, ssl_context=context)
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            why = "already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise OSError(f"--http-port {port}: cannot listen on {host}:{port} ({why}; 0 disables REST)") from None
+        self.port = self.runner.addresses[0][1]
+        self.scheme = "https" if context else "http"
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening, let accepted requests finish (up to the grace period), close connections."""
+        await self.runner.cleanup()
+
+    @staticmethod
+    def _model(request) -> tuple[str, str]:
+        return request.match_info["name"], request.match_info.get("version", "")
+
+    async def _call(self, method, message, build):
+        """Call a servicer method; its reply through ``build``, or its abort as an HTTP error."""
+        try:
+            reply = await method(message, _Context())
+        except _Abort as e:
+            return error(STATUS.get(e.code, 500), e.details)
+        return build(reply)
+
+    async def live(self, request):
+        return await self._call(self.v2.ServerLive, pb.ServerLiveRequest(),
+                                lambda r: web.json_response({"live": r.live}, status=200 if r.live else 503))
+
+    async def ready(self, request):
+        def build(r):
+            if r.ready:
+                return web.json_response({"ready": True})
+            why = "server is shutting down" if self.rt.draining else "server is still loading models"
+            return web.json_response({"ready": False, "error": why}, status=503)
+        return await self._call(self.v2.ServerReady, pb.ServerReadyRequest(), build)
+
+    async def server_metadata(self, request):
+        return await self._call(self.v2.ServerMetadata, pb.ServerMetadataRequest(), lambda r: web.json_response(
+            {"name": r.name, "version": r.version, "extensions": list(r.extensions)}))
+
+    async def model_metadata(self, request):
+        name, version = self._model(request)
+
+        def build(r):
+            def tensor(t):
+                return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+            return web.json_response({"name": r.name, "versions": list(r.versions), "platform": r.platform,
+                                      "inputs": [tensor(t) for t in r.inputs],
+                                      "outputs": [tensor(t) for t in r.outputs]})
+        return await self._call(self.v2.ModelMetadata, pb.ModelMetadataRequest(name=name, version=version), build)
+
+    async def model_config(self, request):
+        name, version = self._model(request)
+        return await self._call(self.v2.ModelConfig, pb.ModelConfigRequest(name=name, version=version),
+                                lambda r: web.json_response(json_format.MessageToDict(
+                                    r.config, preserving_proto_field_name=True)))
+
+    async def model_ready(self, request):
+        """200 when the model (version) is served; else the reason with its status: 404 unknown,
+        503 loading or draining, 400 a model that failed to load or a bad version."""
+        name, version = self._model(request)
+        ctx = _Context()
+
+        async def go():
+            self.v2._graph(name, version)
+            return web.json_response({"name": name, "ready": True})
+        try:
+            return await self.rt.handle("ModelReady", name, ctx, go)
+        except _Abort as e:
+            return error(STATUS.get(e.code, 500), e.details)
+
+    async def infer(self, request):
+        name, version = self._model(request)
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=request.content_length)
+        body = await request.read()  # 413 past client_max_size, however the body comes (chunked, compressed)
+        try:
+            parsed = await _maybe_offload(len(body), parse_infer, body, request.headers.get(HEADER), name, version)
+        except InvalidArgument as e:
+            return error(400, str(e))
+        message, wanted, default = parsed
+        try:
+            reply = await self.v2.ModelInfer(message, _Context())
+        except _Abort as e:
+            return error(STATUS.get(e.code, 500), e.details)
+        size = sum(len(c) for c in reply.raw_output_contents)
+        data, headers = await _maybe_offload(size, reply_body, reply, wanted, default)
+        return web.Response(body=data, headers=headers)
+
+
+async def _maybe_offload(size: int, fn, *args):
+    if size < OFFLOAD_BYTES:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+@web.middleware
+async def _errors(request, handler):
+    """aiohttp's own errors (no route, wrong method, body too large) as JSON errors too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        generic = not e.text or e.text.startswith(f"{e.status}:")  # aiohttp's "404: Not Found"
+        text = f"{e.reason}: {request.method} {request.path}" if generic else e.text
+        return error(e.status, text, headers={k: v for k, v in e.headers.items() if k == "Allow"})
+    except Exception as e:  # noqa: BLE001 - a bug in the REST layer: logged, 500, the server goes on
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return error(500, f"{type(e).__name__}: {e}")
