@@ -84,8 +84,9 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
     for name in names:
         d = runs_dir / name
         history = read_json(d / "history.json")
-        if not isinstance(history, list) or not history or not all(isinstance(h, dict) for h in history):
-            raise click.ClickException(f"{d / 'history.json'}: want a non-empty list of per-epoch objects")
+        # An empty history is a run without epochs (the LDA study): it has a table row, no curves.
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise click.ClickException(f"{d / 'history.json'}: want a list of per-epoch objects")
         variants.append({"name": name, "dir": d, "history": history, "metrics": _optional_json(d / "metrics.json"),
                          "config": _optional_json(d / "config.json"), "summary": by_run.get(name, {})})
     recorded_test = any(_finite(h.get("test_loss")) for v in variants for h in v["history"])
@@ -119,7 +120,7 @@ def variant_row(v: dict, metric: str, measures: list[str]) -> dict:
         best = best_epoch = None
     seconds = [h.get("seconds") for h in hist]
     return {"variant": v["name"], "model": (v["config"].get("model") or {}).get("name"),
-            "final_val": _first(hist[-1].get(key)), "best_val": best, "best_epoch": best_epoch,
+            "final_val": _first(hist[-1].get(key)) if hist else None, "best_val": best, "best_epoch": best_epoch,
             "test": _first(m.get(f"test_{metric}"), s.get(f"test_{metric}")),
             "selected_on": m.get("val_metric") or s.get("val_metric"),
             "epochs": _first(m.get("epochs_run"), s.get("epochs"), len(hist)),
@@ -256,7 +257,8 @@ def run(runs_dir, out=None, zoom: int | None = None, metric: str | None = None) 
     study, variants = load_study(runs_dir)
     out = Path(out) if out else Path(runs_dir) / "compare"
     zoom = zoom or study["zoom"]
-    has_acc = any(_finite(h.get("val_acc")) for v in variants for h in v["history"])
+    has_acc = any(_finite(h.get("val_acc")) for v in variants for h in v["history"]) or \
+        any(_finite(v["metrics"].get("test_acc")) for v in variants)
     if metric == "acc" and not has_acc:
         raise click.ClickException(f"no variant of {runs_dir} records val_acc (a VAE study?); use --metric loss")
     metric = metric or ("acc" if has_acc else "loss")
@@ -268,9 +270,12 @@ def run(runs_dir, out=None, zoom: int | None = None, metric: str | None = None) 
     curves = {name: [("train_label_loss" if split == "label" else f"{split}_{kind}")
                      for kind in kinds for split in plots.curve_series(h, kind)] for name, h in histories.items()}
     test_drawn = any(k.startswith("test_") for keys in curves.values() for k in keys)
-    plots.save(plots.compare_curves_figure(histories, study["title"] or study["name"], subtitle(study, test_drawn),
-                                           zoom, labels), out / "compare_curves.png")
-    figures = ["compare_curves.png"]
+    figures = []
+    if any(histories.values()):
+        drawn = {k: h for k, h in histories.items() if h}
+        plots.save(plots.compare_curves_figure(drawn, study["title"] or study["name"], subtitle(study, test_drawn),
+                                               zoom, labels), out / "compare_curves.png")
+        figures.append("compare_curves.png")
     fig, notes = first_layer_figure(study, variants)
     if fig is not None:
         plots.save(fig, out / "first_layer_weights.png")

@@ -49,12 +49,13 @@ def test_every_study_runs_tiny(name, data_dir, tmp_path):
             assert len(hist) == 1 and hist[0]["epoch"] == 1
             # test curves where the study asks for them, and then never used for selection
             assert ("test_loss" in hist[0]) == study["test_curves"]
-    if configs[0]["method"] == "engine":  # `analyze compare` draws one line per variant and split
-        from analysis.cli import cli as analyze
-        r = CliRunner().invoke(analyze, ["compare", str(tmp_path)])
-        assert r.exit_code == 0, r.output
-        result = json.loads((tmp_path / "compare" / "compare.json").read_text())
-        assert [row["variant"] for row in result["rows"]] == study["variants"]
+    # `analyze compare`: one row per variant (the LDA study: a table without curves)
+    from analysis.cli import cli as analyze
+    r = CliRunner().invoke(analyze, ["compare", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "compare" / "compare.json").read_text())
+    assert [row["variant"] for row in result["rows"]] == study["variants"]
+    if configs[0]["method"] == "engine":  # curves: one line per variant and split
         assert (tmp_path / "compare" / "compare_curves.png").read_bytes()[:4] == b"\x89PNG"
     if name in ("mlpvae-mnist", "featuremaps-mnist"):  # snapshots exported for `analyze snapshots`
         run = tmp_path / study["variants"][0]
