@@ -26,7 +26,8 @@ CTX = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 def common(model_required: bool = True):
     def wrap(fn):
-        @click.option("--server", default="127.0.0.1:8500", help="host:port of a running `serve`.")
+        @click.option("--server", default="127.0.0.1:8500",
+                      help="host:port of a running `serve`; several comma-separated: calls go to them in turn.")
         @click.option("--model", required=model_required,
                       help="Model name in the server's repository (see ListModels).")
         @click.option("--dataset", "dataset_name", default=None,
@@ -192,7 +193,8 @@ def snapshots(run_dir, layer, images, channels, seed, data_dir, out):
 
 
 @cli.command(context_settings=CTX)
-@click.option("--server", default="127.0.0.1:8500", help="host:port of a running `serve`.")
+@click.option("--server", default="127.0.0.1:8500",
+              help="host:port of a running `serve`; several comma-separated: calls go to them in turn.")
 @click.option("--model", "models", multiple=True, help="Model to include (repeatable) [default: every ready model].")
 @click.option("--dataset", "dataset_name", default=None, help="Dataset to draw images from [default: each model's].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", help="Dataset split.")

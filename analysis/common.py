@@ -17,6 +17,8 @@ from serving.client import GlassboxClient, GlassboxError
 
 
 def connect(server: str, timeout: float = 120.0) -> GlassboxClient:
+    """The client of ``--server``: ``host:port``, or several comma-separated (the calls go to them in turn).
+    The analysis commands call one at a time, so one connection per address is all they use."""
     try:
         return GlassboxClient(server, timeout=timeout, connect_timeout=5.0)
     except GlassboxError as e:

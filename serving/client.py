@@ -4,12 +4,19 @@
     c = GlassboxClient("127.0.0.1:8500")
     print(c.list_models())
     res = c.classify("lenet", images)          # float32 [N,C,H,W] preprocessed, or PNG/JPEG bytes
+
+Several connections: ``GlassboxClient("h:8500", channels=4)`` (a server started with ``serve --workers N``
+shares its port among N processes, and the kernel spreads *connections* over them, so one connection would
+reach one worker), or several servers, ``GlassboxClient("h1:8500,h2:8500")`` (or a list); calls go to the
+channels in turn.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -79,10 +86,26 @@ def _images(images) -> pb.Images:
     return pb.Images(encoded=pb.EncodedImages(files=list(images)))
 
 
-def wait_for_server(address: str, timeout: float = 60.0) -> None:
-    """Block until the server's health service says SERVING (models loaded); ServerUnavailable after ``timeout``."""
+def addresses(address: str | Sequence[str]) -> list[str]:
+    """``"h:p"``, ``"h:p1,h:p2"`` or a list of them -> the addresses, in order."""
+    parts = [address] if isinstance(address, str) else list(address)
+    found = [a.strip() for part in parts for a in part.split(",") if a.strip()]
+    if not found:
+        raise ValueError(f"no server address in {address!r}")
+    return found
+
+
+def wait_for_server(address: str | Sequence[str], timeout: float = 60.0) -> None:
+    """Block until the server's health service says SERVING (models loaded); ServerUnavailable after ``timeout``.
+    Several addresses (a list, or comma-separated): until every one does."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     deadline = time.monotonic() + timeout
+    several = addresses(address)
+    if len(several) > 1:
+        for one in several:
+            wait_for_server(one, max(0.0, deadline - time.monotonic()))
+        return
+    address = several[0]
     with grpc.insecure_channel(address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
@@ -98,28 +121,49 @@ def wait_for_server(address: str, timeout: float = 60.0) -> None:
 
 
 class GlassboxClient:
-    def __init__(self, address: str = "127.0.0.1:8500", timeout: float = 60.0, connect_timeout: float = 5.0,
-                 chunk: int = 256, max_message_mb: int = 64, tls_ca: bytes | None = None):
-        self.address, self.timeout, self.chunk = address, timeout, chunk
+    """The domain API. ``address``: ``"host:port"``, several comma-separated, or a list; ``channels``: connections
+    per address. Calls go to the ``len(addresses) * channels`` channels in turn (round-robin); thread-safe."""
+
+    def __init__(self, address: str | Sequence[str] = "127.0.0.1:8500", timeout: float = 60.0,
+                 connect_timeout: float = 5.0, chunk: int = 256, max_message_mb: int = 64,
+                 tls_ca: bytes | None = None, channels: int = 1):
+        if channels < 1:
+            raise ValueError(f"channels must be at least 1, not {channels}")
+        self.addresses = addresses(address)
+        self.address, self.timeout, self.chunk = ",".join(self.addresses), timeout, chunk
         limit = max_message_mb * 1024 * 1024
         self._message_limit = limit
         self._manifests: dict[str, dict] = {}  # model -> its manifest (batch and message sizes for chunking)
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-        if tls_ca is not None:  # a server started with --tls-cert/--tls-key; tls_ca: its PEM CA (or the cert itself)
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca), options=options)
-        else:
-            self.channel = grpc.insecure_channel(address, options=options)
-        try:  # a bounded wait: a down server is one clear error, not a hang
-            grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
-        except grpc.FutureTimeoutError:
-            self.channel.close()
-            raise ServerUnavailable(grpc.StatusCode.UNAVAILABLE,
-                                    f"no Glassbox server at {address} (waited {connect_timeout:.0f}s); start one with "
-                                    f"'serve --repository exported --port {address.rsplit(':', 1)[-1]}'") from None
-        self.stub = pb_grpc.GlassboxStub(self.channel)
+        if channels > 1:  # channels alike share one connection (gRPC's global subchannel pool): one each
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channels: list[grpc.Channel] = []
+        for a in self.addresses:
+            for k in range(channels):
+                extra = [("glassbox.client.channel", k)] if channels > 1 else []
+                if tls_ca is not None:  # a server started with --tls-cert/--tls-key; tls_ca: its PEM CA (or the cert)
+                    creds = grpc.ssl_channel_credentials(tls_ca)
+                    self.channels.append(grpc.secure_channel(a, creds, options=options + extra))
+                else:
+                    self.channels.append(grpc.insecure_channel(a, options=options + extra))
+        ready = [grpc.channel_ready_future(ch) for ch in self.channels]
+        deadline = time.monotonic() + connect_timeout
+        for i, future in enumerate(ready):  # a bounded wait: a down server is one clear error, not a hang
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except grpc.FutureTimeoutError:
+                self.close()
+                down = self.addresses[i // channels]
+                raise ServerUnavailable(grpc.StatusCode.UNAVAILABLE,
+                                        f"no Glassbox server at {down} (waited {connect_timeout:.0f}s); start one with "
+                                        f"'serve --repository exported --port {down.rsplit(':', 1)[-1]}'") from None
+        self.stubs = [pb_grpc.GlassboxStub(ch) for ch in self.channels]
+        self.channel, self.stub = self.channels[0], self.stubs[0]
+        self._turn = itertools.count()  # next() on it is atomic under the GIL: threads may share the client
 
     def close(self) -> None:
-        self.channel.close()
+        for ch in self.channels:
+            ch.close()
 
     def __enter__(self):
         return self
@@ -130,7 +174,8 @@ class GlassboxClient:
     def _call(self, method: str, request, retries: int = 2):
         for attempt in range(retries + 1):
             try:
-                return getattr(self.stub, method)(request, timeout=self.timeout)
+                stub = self.stubs[next(self._turn) % len(self.stubs)]  # a retry goes to the next channel
+                return getattr(stub, method)(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 # UNAVAILABLE while loading or a transient reconnect is worth a short retry.
                 unavailable = e.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,4 +1,10 @@
-"""Prometheus metrics: requests by method, model and status; latency; batch size; queue depth."""
+"""Prometheus metrics: requests by method, model and status; latency; batch size; queue depth.
+
+With ``serve --workers N`` each worker process records into prometheus_client's multiprocess files
+(``PROMETHEUS_MULTIPROC_DIR``, a fresh folder the parent sets for the workers before they start) and the
+parent serves the sum over the workers (``serve_multiprocess``): counters and histograms add up, the queue
+depth is the sum over the workers alive (``livesum``).
+"""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -14,7 +20,21 @@ class Metrics:
         self.batch_size = Histogram("glassbox_batch_size", "Images per session.run", ["graph"], registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.queue_depth = Gauge("glassbox_queue_depth", "Requests waiting per graph", ["graph"],
-                                 registry=self.registry)
+                                 registry=self.registry, multiprocess_mode="livesum")
 
     def serve_http(self, port: int, host: str = "127.0.0.1"):
         return start_http_server(port, addr=host, registry=self.registry)
+
+
+def serve_multiprocess(path: str, port: int, host: str = "127.0.0.1"):
+    """The metrics endpoint of ``serve --workers``: every worker's metrics in ``path``, added up."""
+    from prometheus_client import multiprocess
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return start_http_server(port, addr=host, registry=registry)
+
+
+def worker_gone(path: str, pid: int) -> None:
+    """A worker has exited: its live gauges stop counting (its counters stay in the sums)."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(pid, path)

@@ -193,14 +193,15 @@ class RestServer:
         self.port, self.scheme = 0, "http"
 
     async def start(self, host: str, port: int, *, tls_cert: str | None = None,
-                    tls_key: str | None = None) -> RestServer:
-        """Listen on host:port, HTTPS with the gRPC port's certificate when given (OSError when it cannot)."""
+                    tls_key: str | None = None, reuse_port: bool = False) -> RestServer:
+        """Listen on host:port, HTTPS with the gRPC port's certificate when given (OSError when it cannot);
+        ``reuse_port``: SO_REUSEPORT, the port shared by the worker processes of ``serve --workers``."""
         context = None
         if tls_cert and tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(tls_cert, tls_key)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=context)
+        site = web.TCPSite(self.runner, host, port, ssl_context=context, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as e:

@@ -26,6 +26,7 @@ class Runtime:
     def __init__(self, metrics, *, max_batch: int | None = None, max_delay_s: float = 0.0, max_queue: int = 256):
         self.repo = None          # set once loaded; until then every call is UNAVAILABLE
         self.draining = False     # shutting down (``server.drain``): replies wait for ``closed``
+        self.held = False         # a worker of ``serve --workers`` whose siblings still load: not ready yet
         self.closed = asyncio.Event()  # set once gRPC takes no more calls: the replies held until then go
         self.arrivals = 0         # gRPC calls that reached the servicers while draining (``server.drain``)
         self.metrics = metrics

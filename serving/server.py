@@ -5,6 +5,9 @@
 Health is NOT_SERVING while models load and again while shutting down. SIGTERM / SIGINT: health
 goes NOT_SERVING, every call received before the signal is answered, later ones get UNAVAILABLE, none is
 cancelled (``drain``); exit 0 as soon as that is done, within --grace.
+
+``--workers N``: N processes share the port (SO_REUSEPORT), each with its own onnxruntime sessions, under a
+supervising parent (serving/workers.py): one health state, one drain, metrics summed over the workers.
 """
 from __future__ import annotations
 
@@ -52,15 +55,20 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
                 intra_op_threads: int = 0, inter_op_threads: int = 0, device: str = "auto",
                 max_message_mb: int = 64, grace: float = 10.0, tls_cert: str | None = None,
                 tls_key: str | None = None, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, http_port: int = 0, http_host: str = "127.0.0.1") -> int:
+                stop: asyncio.Event | None = None, http_port: int = 0, http_host: str = "127.0.0.1",
+                supervisor=None) -> int:
+    """Serve until SIGTERM / SIGINT (or ``stop``). ``supervisor``: this process is one worker of
+    ``serve --workers`` (a ``workers.Supervisor``): the port is shared with the other workers, and health turns
+    SERVING only when the parent says every worker has loaded."""
     if not Path(repository).is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist (run train-all or export first)")
     metrics = Metrics()
     runtime = Runtime(metrics, max_batch=max_batch, max_delay_s=max_delay_us / 1e6, max_queue=max_queue)
+    runtime.held = supervisor is not None
     limit = max_message_mb * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_send_message_length", limit),
                                       ("grpc.max_receive_message_length", limit),
-                                      ("grpc.so_reuseport", 0)])
+                                      ("grpc.so_reuseport", int(supervisor is not None))])
     add_service(server, glassbox_pb2_grpc.add_GlassboxServicer_to_server, GlassboxServicer(runtime), runtime)
     add_service(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
                 InferenceServicer(runtime, _version()), runtime)
@@ -68,7 +76,8 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
     add_service(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer, runtime)  # Check waits too
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{host}:{port}"
-    check_port(host, port, "--port")
+    if supervisor is None:  # a worker's port is shared with the others: the parent has checked it
+        check_port(host, port, "--port")
     try:
         if tls_cert or tls_key:
             if not (tls_cert and tls_key):
@@ -87,6 +96,8 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    if supervisor is not None:
+        await supervisor.open(stop)  # the parent gone: stop
     for sig in (signal.SIGTERM, signal.SIGINT):  # before listening, so a signal while loading is graceful too
         try:
             loop.add_signal_handler(sig, stop.set)
@@ -106,7 +117,7 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
     if http_port:
         try:
             rest = await RestServer(runtime, _version(), max_body=limit, grace=grace).start(
-                http_host, http_port, tls_cert=tls_cert, tls_key=tls_key)
+                http_host, http_port, tls_cert=tls_cert, tls_key=tls_key, reuse_port=supervisor is not None)
         except OSError:
             await server.stop(0)
             raise
@@ -134,11 +145,13 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
     for m in repo.all():
         log.info("%-20s v%-3d %-10s %s", m.name, m.version, m.manifest.get("task", "?"),
                  f"ready on {m.provider}" if m.ready else f"NOT SERVED: {m.error}")
-    await set_health(health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %d model versions on %s:%d", sum(m.ready for m in repo.all()), host, bound)
-    if ready is not None:
-        ready.port = bound  # tests read the bound port when asked for port 0
-        ready.set()
+    if supervisor is None or await supervisor.all_loaded(stop):  # False: stopped while the others loaded
+        runtime.held = False
+        await set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %d model versions on %s:%d", sum(m.ready for m in repo.all()), host, bound)
+        if ready is not None:
+            ready.port = bound  # tests read the bound port when asked for port 0
+            ready.set()
 
     await stop.wait()
     signalled = time.monotonic()
@@ -146,7 +159,7 @@ async def serve(repository: str, host: str = "127.0.0.1", port: int = 8500, *, m
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     runtime.draining = True
     rest_stopped = asyncio.ensure_future(rest.stop()) if rest else None  # drains beside gRPC
-    await drain(server, runtime, grace, signalled)
+    await drain(server, runtime, grace, signalled, together=supervisor.closed if supervisor else None)
     if rest_stopped:
         await rest_stopped
     for b in runtime.batchers.values():
@@ -160,7 +173,7 @@ QUIET_TICKS = 5   # (a process the OS starved sees time pass with no chance to t
 MAX_HOLD_S = 1.0  # the longest drain waits for that, within the grace period
 
 
-async def drain(server, runtime: Runtime, grace: float, since: float | None = None) -> None:
+async def drain(server, runtime: Runtime, grace: float, since: float | None = None, together=None) -> None:
     """Stop ``server`` without losing a call it has accepted.
 
     ``server.stop(grace)`` lets the calls the servicers are running finish, but gRPC core *cancels* the calls
@@ -171,6 +184,11 @@ async def drain(server, runtime: Runtime, grace: float, since: float | None = No
     client then waits for a reply: the queue is empty; at most ``MAX_HOLD_S``), gRPC is stopped - clients
     are told to go away, later calls get UNAVAILABLE, there is nothing queued to cancel - and only then do
     the replies go. All within ``grace`` seconds of ``since`` (the signal).
+
+    ``together`` (the workers of ``serve --workers``; ``workers.Supervisor.closed``): the replies wait until
+    every worker's gRPC has stopped taking calls (at most ``MAX_HOLD_S`` more). A client answered by a worker
+    that stopped first would send its next call to one still draining, through the shared port, and that call
+    could be queued in its gRPC core just as it stops: cancelled.
     """
     since = time.monotonic() if since is None else since
     runtime.draining = True
@@ -181,6 +199,13 @@ async def drain(server, runtime: Runtime, grace: float, since: float | None = No
         quiet, seen = (quiet + 1 if runtime.arrivals == seen else 0), runtime.arrivals
     stopping = asyncio.ensure_future(server.stop(max(0.0, grace - (time.monotonic() - since))))
     await asyncio.sleep(0)  # stop's first step shuts gRPC core down (no new calls) before it first waits
+    if together is not None:
+        left = grace - (time.monotonic() - since)
+        try:
+            await asyncio.wait_for(together(), timeout=max(0.0, min(MAX_HOLD_S, left / 2)))
+        except asyncio.TimeoutError:
+            log.warning("the other workers had not stopped taking calls %.0f ms after the signal: replying anyway",
+                        1e3 * (time.monotonic() - since))
     runtime.closed.set()  # the held replies go
     log.info("gRPC stopped %.0f ms after the signal; %d calls had arrived meanwhile%s",
              1e3 * (time.monotonic() - since), runtime.arrivals, "" if quiet >= QUIET_TICKS else ", and still came")
@@ -246,10 +271,24 @@ def check_port(host: str, port: int, option: str) -> None:
 @click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="PEM private key for TLS.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               help="Log verbosity.")
-def main(log_level, **options):
+@click.option("--workers", default=1, type=click.IntRange(1),
+              help="Server processes sharing --port (and --http-port) with SO_REUSEPORT, each with its own "
+                   "onnxruntime sessions, under a supervising parent: health SERVING once every one has loaded, "
+                   "SIGTERM drains them all, --metrics-port sums over them. The kernel spreads connections, not "
+                   "calls: clients need several (GlassboxClient(channels=K)).")
+@click.option("--worker-fd", default=None, type=int, hidden=True)  # a worker of --workers: its line to the parent
+@click.option("--worker-index", default=0, type=int, hidden=True)
+def main(log_level, workers, worker_fd, worker_index, **options):
     """Serve the model repository over gRPC: the Glassbox domain API and the KServe v2 protocol."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    who = f"[worker {worker_index}]" if worker_fd is not None else ""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s")
     try:
+        if worker_fd is not None:
+            from .workers import Supervisor
+            sys.exit(asyncio.run(serve(**options, supervisor=Supervisor(worker_fd))))
+        if workers > 1:
+            from .workers import supervise
+            sys.exit(asyncio.run(supervise(workers, options, log_level)))
         sys.exit(asyncio.run(serve(**options)))
     except (FileNotFoundError, OSError) as e:
         click.echo(f"error: {e}", err=True)

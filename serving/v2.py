@@ -41,7 +41,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.rt.repo is not None and not self.rt.draining)
+        return pb.ServerReadyResponse(ready=self.rt.repo is not None and not self.rt.draining and not self.rt.held)
 
     async def ModelReady(self, request, context):
         async def go():

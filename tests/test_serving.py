@@ -442,7 +442,7 @@ def test_help_explains_every_option():
     r = subprocess.run([sys.executable, "-m", "serving.server", "--help"], capture_output=True, text=True, timeout=60)
     for option in ("--repository", "--host", "--port", "--metrics-port", "--max-batch", "--max-delay-us", "--max-queue",
                    "--intra-op-threads", "--inter-op-threads", "--device", "--max-message-mb", "--grace", "--tls-cert",
-                   "--tls-key"):
+                   "--tls-key", "--workers"):
         assert option in r.stdout, option
 
 
