@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .config import INITS, OPTIMIZERS, SCHEDULES, ConfigError, load_profile, resolve_config, study_titles
+from .config import INITS, OPTIMIZERS, PRECISIONS, SCHEDULES, ConfigError, load_profile, resolve_config, study_titles
 
 
 def _fail(msg: str, code: int = 2):
@@ -26,9 +26,12 @@ def _fail(msg: str, code: int = 2):
 
 
 def _errors():
-    """The errors a user can fix, turned into one line and exit code 2 instead of a traceback."""
+    """The errors a user can fix, turned into one line and exit code 2 instead of a traceback
+    (a refused export too: its table names each output beyond the tolerances)."""
     from glassbox.data import DatasetError
-    return (ConfigError, DatasetError, FileNotFoundError)
+
+    from .export.parity import ParityError
+    return (ConfigError, DatasetError, FileNotFoundError, ParityError)
 
 
 def _parse_pairs(pairs: tuple[str, ...], option: str = "--model-arg") -> dict:
@@ -45,13 +48,46 @@ def _parse_pairs(pairs: tuple[str, ...], option: str = "--model-arg") -> dict:
     return args
 
 
+class _KeepArgs(click.Command):
+    """A command that keeps its raw arguments (``ctx.meta["argv"]``), for ``--nproc`` to pass them on."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _launch_torchrun(nproc: int, command: str) -> None:
+    """``--nproc N`` outside torchrun: run this very command line under torchrun with N processes."""
+    import os
+
+    from .distributed import launch
+    if nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    argv, args = click.get_current_context().meta["argv"], []
+    skip = False
+    for a in argv:  # drop --nproc N / --nproc=N, keep the rest as given
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    sys.exit(launch(nproc, command, args))
+
+
+def _main_only():
+    """True on rank 0 of a torchrun job (and in a plain process): who prints and exports."""
+    from .distributed import from_env
+    return from_env().is_main
+
+
 def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
     from .export import export_checkpoint
     res = export_checkpoint(run_dir / "best.pt", repository, data_dir=data_dir)
     return {"exported": f"{res.name}/{res.version}", "export_seconds": round(res.seconds, 1)}
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(cls=_KeepArgs, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", default="lenet", help="Registry name of the model (see --list-models).")
 @click.option("--model-arg", multiple=True, metavar="KEY=VALUE",
               help="Constructor argument, e.g. width=16 (repeatable; JSON values).")
@@ -62,7 +98,15 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 @click.option("--val-fraction", type=float, default=0.1,
               help="Fraction of the training set held out for validation (model selection).")
 @click.option("--longtail", is_flag=True, help="Keep only 10% of classes 0-4 (the long-tail CIFAR-10 variant).")
-@click.option("--epochs", type=int, default=10, help="Number of epochs.")
+@click.option("--epochs", type=int, default=10, help="Number of epochs (with --time-budget: the most it may run).")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="Wall-time budget, e.g. 90s, 5m, 1h or seconds: the lr schedule runs on the fraction of it used "
+                   "and training stops when the next epoch would not fit.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
+              help="bf16: forward and loss under bfloat16 autocast (CUDA or CPU; float32 weights).")
+@click.option("--nproc", type=click.IntRange(1), default=1,
+              help="Data-parallel processes on this machine: runs this command under torchrun (gloo on CPU, "
+                   "NCCL on CUDA); batch-size stays the global batch.")
 @click.option("--batch-size", type=int, default=128, help="Training batch size.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", help="Optimizer.")
 @click.option("--lr", type=float, default=2e-3, help="Peak learning rate.")
@@ -120,6 +164,7 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 def train(**o):
     """Train one model of the registry on one dataset."""
     from .models import list_models, model_info
+    _launch_torchrun(o["nproc"], "train")
     if o["list_models"]:
         for name in list_models():
             e = model_info(name)
@@ -129,7 +174,8 @@ def train(**o):
         "model": {"name": o["model"], "args": _parse_pairs(o["model_arg"])},
         "dataset": {"name": o["dataset"], "data_dir": o["data_dir"], "subset": o["subset"],
                     "val_fraction": o["val_fraction"], "longtail": o["longtail"]},
-        "epochs": o["epochs"], "batch_size": o["batch_size"], "seed": o["seed"], "device": o["device"],
+        "epochs": o["epochs"], "time_budget": o["time_budget"], "precision": o["precision"],
+        "batch_size": o["batch_size"], "seed": o["seed"], "device": o["device"],
         "optimizer": {"name": o["optimizer"], "lr": o["lr"], "momentum": o["momentum"], "nesterov": o["nesterov"],
                       "weight_decay": o["weight_decay"]},
         "schedule": {"name": o["schedule"], "warmup_epochs": o["warmup_epochs"], "step_size": o["step_size"],
@@ -145,18 +191,24 @@ def train(**o):
         "augment": {"crop_pad": o["crop_pad"], "hflip": o["hflip"], "noise_std": o["noise_std"]},
         "clip_grad_norm": o["clip_grad_norm"], "early_stopping": {"patience": o["patience"], "min_delta": 0.0},
     }
+    from .distributed import shutdown
     from .engine import fit
     try:
         cfg = resolve_config(run)
         out = Path(o["out"] or Path("runs") / cfg["name"])
         metrics = fit(cfg, out, resume=o["resume"], progress=not o["no_progress"])
-        if o["do_export"]:
+        if o["do_export"] and _main_only():
             metrics.update(_export(out, o["repository"], o["data_dir"]))
     except _errors() as e:
         _fail(str(e))
+    finally:
+        shutdown()
+    if not _main_only():
+        return
     click.echo(f"{cfg['name']}: "
                + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in metrics.items() if k.startswith(("test_", "best_", "exported"))))
+                           for k, v in metrics.items()
+                           if k.startswith(("test_", "best_", "exported", "epochs_run", "time_budget"))))
     click.echo(f"checkpoint: {out / 'best.pt'}")
 
 
@@ -165,7 +217,7 @@ def _studies_help() -> str:
         f"{name} ({title})" if title else name for name, title in study_titles().items()) + "."
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(cls=_KeepArgs, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--profile", default="quick", help="Built-in profile (quick, full) or a path to a TOML/YAML profile.")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A TOML/YAML profile or study file (overrides --profile).")
@@ -178,25 +230,41 @@ def _studies_help() -> str:
 @click.option("--only", multiple=True, help="Train only the runs with these names (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Dataset directory for every run that sets none.")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="Training time for the whole profile (e.g. 10m; replaces the profile's time_budget), shared "
+                   "over its runs by their cost; time a run leaves unused goes to the runs after it.")
+@click.option("--nproc", type=click.IntRange(1), default=1,
+              help="Data-parallel processes on this machine: runs this command under torchrun.")
 @click.option("--export/--no-export", "do_export", default=True,
               help="Export every trained run to the model repository.")
 @click.option("--repository", default="exported", help="Model repository to export into.")
 @click.option("--resume", is_flag=True, help="Resume runs that have a last.pt; skip runs already finished.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train_all(profile, config, study, overrides, out, only, data_dir, do_export, repository, resume, no_progress):
+def train_all(profile, config, study, overrides, out, only, data_dir, time_budget, nproc, do_export, repository,
+              resume, no_progress):
     """Train every run of a profile or study, print a summary table and write <out>/summary.json.
 
     A study also writes <out>/study.json, which `analyze compare <out>` reads to draw the variants'
     curves side by side. --resume skips finished runs and continues interrupted ones.
+
+    With a time budget (--time-budget or a top-level time_budget in the profile), each run in turn
+    gets (budget - time the earlier runs took) * its cost / the costs of the runs left; the budget
+    covers the runs' training (data loading, epochs, test scoring), not their exports.
     """
     from glassbox.io import write_json
 
-    from .config import find_config
+    from .budget import parse_duration, share
+    from .config import find_config, profile_time_budget
+    from .distributed import barrier, from_env, shutdown
     from .engine import fit
     from .lda import fit_lda
+    _launch_torchrun(nproc, "train-all")
+    main = from_env().is_main
+    echo = click.echo if main else (lambda *_: None)
     try:
         sets = _parse_pairs(overrides, "--set")
         configs, path, meta = load_profile(config or (find_config(study=study) if study else profile), sets)
+        total = parse_duration(time_budget) if time_budget else profile_time_budget(path)
     except ConfigError as e:
         _fail(str(e))
     if only:
@@ -205,18 +273,24 @@ def train_all(profile, config, study, overrides, out, only, data_dir, do_export,
             _fail(f"no run named {', '.join(sorted(unknown))} in {path}; runs: {', '.join(c['name'] for c in configs)}")
         configs = [c for c in configs if c["name"] in only]
     out = Path(out or Path("runs") / path.stem)
-    click.echo(f"train-all: {len(configs)} runs from {path} -> {out}")
-    if meta is not None:
+    echo(f"train-all: {len(configs)} runs from {path} -> {out}")
+    if total:
+        echo(f"time budget {total:.0f} s shared by cost: "
+             + ", ".join(f"{c['name']} {c['cost']:g}" for c in configs if c["method"] == "engine"))
+    if meta is not None and main:
         write_json(out / "study.json", {**meta, "variants": [c["name"] for c in configs]})
-    rows, t0 = [], time.perf_counter()
-    for cfg in configs:
+    rows, t0, used = [], time.perf_counter(), 0.0
+    for i, cfg in enumerate(configs):
         if data_dir and not cfg["dataset"].get("data_dir"):
             cfg["dataset"]["data_dir"] = data_dir
+        if total and cfg["method"] == "engine":
+            cfg["time_budget"] = share(total, used, [c["cost"] for c in configs[i:] if c["method"] == "engine"])
         run_dir = out / cfg["name"]
         try:
+            t_run = time.perf_counter()
             if resume and (run_dir / "metrics.json").is_file():
                 m = json.loads((run_dir / "metrics.json").read_text())
-                click.echo(f"{cfg['name']}: already finished, skipped")
+                echo(f"{cfg['name']}: already finished, skipped")
             else:
                 teacher = cfg["distill"]["teacher"]
                 if teacher and teacher.startswith("@"):  # "@teacher": a run of this profile, trained before
@@ -225,20 +299,26 @@ def train_all(profile, config, study, overrides, out, only, data_dir, do_export,
                     m = fit_lda(cfg, run_dir)
                 else:
                     m = fit(cfg, run_dir, resume=resume, progress=not no_progress)
-            if do_export and cfg.get("export", True):
+            # What the run took (earlier sessions included), the same figure on every rank.
+            used += float(m.get("budget_used_s") or m.get("wall_seconds") or (time.perf_counter() - t_run))
+            if do_export and cfg.get("export", True) and main:
                 m.update(_export(run_dir, repository, cfg["dataset"].get("data_dir")))
+            barrier(from_env())
         except _errors() as e:
             _fail(f"{cfg['name']}: {e}")
         rows.append({"run": cfg["name"], "model": cfg["model"]["name"], "dataset": cfg["dataset"]["name"],
                      "test_acc": m.get("test_acc"), "test_loss": m.get("test_loss"),
                      "best_val": m.get("best_val"), "val_metric": m.get("val_metric"),
                      "epochs": m.get("epochs_run"), "wall_seconds": m.get("wall_seconds"),
+                     "time_budget_s": m.get("time_budget_s"), "budget_used_s": m.get("budget_used_s"),
                      "exported": m.get("exported"), "export_seconds": m.get("export_seconds"),
                      "checkpoint": str(run_dir / "best.pt")})
-        write_json(out / "summary.json", {"profile": str(path), "runs": rows,
-                                          "total_seconds": round(time.perf_counter() - t0, 1)})
-    click.echo(format_summary(rows))
-    click.echo(f"total {time.perf_counter() - t0:.0f}s; summary: {out / 'summary.json'}")
+        if main:
+            write_json(out / "summary.json", {"profile": str(path), "time_budget_s": total, "runs": rows,
+                                              "total_seconds": round(time.perf_counter() - t0, 1)})
+    shutdown()
+    echo(format_summary(rows))
+    echo(f"total {time.perf_counter() - t0:.0f}s; summary: {out / 'summary.json'}")
 
 
 def format_summary(rows: list[dict]) -> str:
@@ -246,12 +326,21 @@ def format_summary(rows: list[dict]) -> str:
 
     def num(v, fmt: str, width: int) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else f"{'-':>{width}s}"
+    budgeted = any(r.get("time_budget_s") for r in rows)
     head = f"{'run':{w}s} {'dataset':14s} {'test acc':>9s} {'test loss':>10s} {'best val':>9s} {'epochs':>6s} " \
-           f"{'wall s':>7s}  exported"
+           f"{'wall s':>7s}" + (f" {'budget s':>8s}" if budgeted else "") + "  exported"
     lines = [head, "-" * len(head)]
     for r in rows:
         acc = f"{r['test_acc'] * 100:8.2f}%" if r["test_acc"] is not None else f"{'-':>9s}"
         lines.append(f"{r['run']:{w}s} {r['dataset']:14s} {acc} {num(r['test_loss'], '10.4f', 10)} "
                      f"{num(r['best_val'], '9.4f', 9)} {num(r['epochs'], '6d', 6)} {num(r['wall_seconds'], '7.1f', 7)}"
-                     f"  {r['exported'] or '-'}")
+                     + (f" {num(r.get('time_budget_s'), '8.1f', 8)}" if budgeted else "")
+                     + f"  {r['exported'] or '-'}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m training.cli {train,train-all} ...: what --nproc runs under torchrun
+    commands = {"train": train, "train-all": train_all}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        _fail(f"usage: python -m training.cli {{{','.join(commands)}}} [OPTIONS]")
+    commands[sys.argv[1]](sys.argv[2:], prog_name=sys.argv[1])

@@ -70,6 +70,13 @@ DEFAULTS: dict = {
     "clip_grad_norm": None,
     "early_stopping": {"patience": None, "min_delta": 0.0},
     "export": True,
+    # Wall-time budget of the run (seconds, or "90s", "5m", "1h"): the schedule runs on the fraction
+    # of it used and the run stops when the next epoch would not fit; epochs becomes an upper bound
+    # (training/budget.py). cost: the run's weight when train-all shares a profile-wide budget.
+    "time_budget": None,
+    "cost": 1.0,
+    # "fp32", or "bf16": forward and loss under bfloat16 autocast (float32 weights; CPU or CUDA)
+    "precision": "fp32",
     # "engine" (torch, training.engine.fit) or "lda" (scikit-learn, training.lda: one class against the rest)
     "method": "engine",
     "lda": {"train_images": 10000, "shrinkage": None},
@@ -83,6 +90,7 @@ CHOICES = {  # config key -> allowed values: checked before any data is read
     ("loss", "name"): ("ce", "mse"), ("loss", "mse_on"): ("logits", "softmax"),
     ("loss", "vae_recon"): ("bce", "mse", "l1"), ("distill", "loss"): ("mse", "kl"),
 }
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -141,6 +149,20 @@ def resolve_config(run: dict, defaults: dict | None = None) -> dict:
         raise ConfigError("distill.alpha must be between 0 and 1")
     if not 0 < float(cfg["dataset"]["val_fraction"]) < 1:
         raise ConfigError("dataset.val_fraction must be between 0 and 1")
+    from .budget import parse_duration
+    cfg["time_budget"] = parse_duration(cfg["time_budget"])
+    raw = cfg["cost"]
+    try:
+        cfg["cost"] = float(raw)
+    except (TypeError, ValueError):
+        cfg["cost"] = -1.0
+    if isinstance(raw, bool) or not 0 < cfg["cost"] < float("inf"):
+        raise ConfigError(f"cost must be a positive number (a run's weight in a shared time budget), got {raw!r}")
+    if cfg["precision"] not in PRECISIONS:
+        raise ConfigError(f"unknown precision {cfg['precision']!r}; choose from {', '.join(PRECISIONS)}")
+    if cfg["precision"] == "bf16" and cfg["task"] == "vae" and cfg["loss"]["vae_recon"] == "bce":
+        raise ConfigError("precision bf16 cannot train a VAE with the bce reconstruction loss (CUDA autocast refuses "
+                          "binary_cross_entropy); use loss.vae_recon mse or l1, or precision fp32")
     if cfg["name"] is None:
         ds = cfg["dataset"]["name"]
         cfg["name"] = name if ds == "fashion-mnist" else f"{name}-{ds}"
@@ -228,6 +250,13 @@ def load_profile(profile: str | Path, overrides: dict | None = None) -> tuple[li
                  "notes": "", **study, "variants": names, "overrides": overrides or {},
                  "test_curves": any(c["test_curves"] for c in configs)}
     return configs, path, study
+
+
+def profile_time_budget(path: Path) -> float | None:
+    """A profile file's top-level ``time_budget`` (seconds): the budget ``train-all`` shares over its
+    runs by their ``cost`` (training/budget.py); None when the file sets none."""
+    from .budget import parse_duration
+    return parse_duration(read_config_file(Path(path)).get("time_budget"))
 
 
 def list_studies() -> list[str]:

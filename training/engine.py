@@ -15,6 +15,7 @@ best checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -31,9 +32,12 @@ from glassbox import data as D
 from glassbox import plots
 from glassbox.io import write_json
 
+from . import distributed
 from .augment import augment
+from .budget import Budget
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import ConfigError
+from .distributed import SINGLE, Dist
 from .models import create_model, model_info
 from .tasks import Totals, task_of
 
@@ -157,25 +161,32 @@ def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
         return cls(groups, lr=lr, **kw)
 
 
-def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-step LambdaLR: an optional linear warmup, then constant, step (times ``gamma`` every
-    ``step_size`` epochs, counted from the start), cosine decay to zero over the steps after the
-    warmup, or ``exp`` (times ``gamma`` every epoch, as report 001's MLP)."""
-    s, total = cfg["schedule"], cfg["epochs"] * steps_per_epoch
+def schedule_factor(s: dict, step: float, steps_per_epoch: int, total: int) -> float:
+    """The learning-rate factor at (a possibly fractional) ``step`` of ``total``: an optional linear
+    warmup, then constant, step (times ``gamma`` every ``step_size`` epochs, counted from the
+    start), cosine decay to zero over the steps after the warmup, or ``exp`` (times ``gamma`` every
+    epoch, as report 001's MLP)."""
     warm = int(float(s["warmup_epochs"]) * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    epoch = step // steps_per_epoch
+    if s["name"] == "step":
+        return float(s["gamma"]) ** (epoch // int(s["step_size"]))
+    if s["name"] == "exp":
+        return float(s["gamma"]) ** epoch
+    if s["name"] == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    return 1.0
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        epoch = step // steps_per_epoch
-        if s["name"] == "step":
-            return float(s["gamma"]) ** (epoch // int(s["step_size"]))
-        if s["name"] == "exp":
-            return float(s["gamma"]) ** epoch
-        if s["name"] == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-        return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, steps_per_epoch: int, budget: Budget | None = None):
+    """A per-step LambdaLR over ``schedule_factor``. With a time ``budget`` the factor is taken at
+    ``progress * epochs * steps_per_epoch``, progress being the budget's (``training.budget``)."""
+    s, total = cfg["schedule"], cfg["epochs"] * steps_per_epoch
+    if budget is None:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule_factor(s, step, steps_per_epoch, total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: schedule_factor(s, budget.progress(step) * total, steps_per_epoch, total))
 
 
 def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, teacher=None):
@@ -187,19 +198,36 @@ def _batch(x: torch.Tensor, cfg: dict) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg["channels_last"] and x.ndim == 4 else x
 
 
+def autocast(cfg: dict, device: torch.device):
+    """``precision = "bf16"``: the forward pass and loss under bfloat16 autocast (weights, gradients
+    and optimizer state stay float32, so no loss scaling is needed); "fp32": as is."""
+    if cfg.get("precision", "fp32") == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train_one_epoch(model, opt, sched, x, y, cfg, gen, epoch: int, progress: bool = True,
-                    teacher: torch.Tensor | None = None) -> dict:
+                    teacher: torch.Tensor | None = None, dist: Dist = SINGLE, stop=None) -> dict:
+    """One pass over a fresh permutation of the training split, in global batches of ``batch_size``;
+    under torchrun each rank trains on its slice of every global batch (``training.distributed``).
+    ``stop``: checked after every step; True ends the epoch there (a time budget ran out)."""
     model.train()
     task = task_of(cfg)
     n, bs = x.shape[0], int(cfg["batch_size"])
     perm = torch.randperm(n, generator=gen, device=gen.device).to(x.device)
+    mine = distributed.batch_slice(bs, dist)
+    augmenting = task.augments and any(cfg["augment"].values())
     totals = Totals(task)
     bar = tqdm(range(0, n - bs + 1 if n >= bs else 1, bs), desc=f"{cfg['name']} epoch {epoch}/{cfg['epochs']}",
                leave=False, disable=not progress, unit="batch")
     for i, start in enumerate(bar):
-        idx = perm[start:start + bs]
-        xb = augment(x[idx], cfg["augment"], gen) if task.augments else x[idx]
-        loss, parts = compute_loss(model, _batch(xb, cfg), y[idx], cfg, None if teacher is None else teacher[idx])
+        batch = perm[start:start + bs]
+        idx = batch[mine]  # the whole batch in one process
+        # Augmentation draws for the whole global batch: every rank's generator stays in step, and
+        # each image is augmented as one process would augment it.
+        xb = augment(x[batch], cfg["augment"], gen)[mine] if augmenting else x[idx]
+        with autocast(cfg, x.device):
+            loss, parts = compute_loss(model, _batch(xb, cfg), y[idx], cfg, None if teacher is None else teacher[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["clip_grad_norm"]:
@@ -207,20 +235,28 @@ def train_one_epoch(model, opt, sched, x, y, cfg, gen, epoch: int, progress: boo
         opt.step()
         sched.step()
         totals.add(loss, parts, idx.shape[0])
+        if stop is not None and stop():
+            break
         if progress and i % 20 == 0:
             bar.set_postfix({k.removeprefix("train_"): f"{v:.4f}" for k, v in totals.summary("train").items()})
+    distributed.reduce_sums(totals.t, dist)
     return totals.summary("train")
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, prefix: str = "val") -> dict:
-    """The task's loss (without a teacher: the loss against the labels) and metrics on a split."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, prefix: str = "val",
+             dist: Dist = SINGLE) -> dict:
+    """The task's loss (without a teacher: the loss against the labels) and metrics on a split
+    (under torchrun: each rank scores its share, the sums are all-reduced)."""
     model.eval()
+    if dist.enabled:
+        x, y = x[distributed.rows(x.shape[0], dist)], y[distributed.rows(y.shape[0], dist)]
     totals, bs = Totals(task_of(cfg)), int(cfg["eval_batch_size"])
     for start in range(0, x.shape[0], bs):
         xb, yb = x[start:start + bs], y[start:start + bs]
         loss, parts = compute_loss(model, _batch(xb, cfg), yb, cfg)
         totals.add(loss, parts, xb.shape[0])
+    distributed.reduce_sums(totals.t, dist)
     return totals.summary(prefix)
 
 
@@ -284,7 +320,7 @@ class Run:
     spec: dict
     train: tuple
     val: tuple
-    test: tuple | None = None          # only when the config asks for per-epoch test curves
+    test: tuple | None = None          # loaded up front for per-epoch test curves or a time budget
     teacher: torch.Tensor | None = None
     history: list = field(default_factory=list)
     best: float | None = None
@@ -292,17 +328,32 @@ class Run:
     start_epoch: int = 1
     snapshots: list = field(default_factory=list)
     drawn: float = 0.0                 # when curves.png was last drawn
+    dist: Dist = SINGLE                # this process's place in a torchrun job
+    net: nn.Module | None = None       # what the training steps run: DDP over ``model`` under torchrun
+    budget: Budget | None = None       # with a time_budget (training.budget)
 
 
-def prepare(cfg: dict, out: Path, resume: bool, log=print) -> Run:
+def _resumed_config(cfg: dict, state: dict) -> dict:
+    """The checkpoint's config with what a resume may extend: ``epochs`` and the ``time_budget``
+    (a run keeps its mode, by epochs or by budget; either can be raised)."""
+    old = state["config"]
+    budget = old.get("time_budget")
+    if budget and cfg.get("time_budget"):
+        budget = max(float(budget), float(cfg["time_budget"]))
+    return {**old, "epochs": max(int(cfg["epochs"]), int(old["epochs"])), "time_budget": budget}
+
+
+def prepare(cfg: dict, out: Path, resume: bool, log=print, dist: Dist = SINGLE,
+            device: torch.device | None = None) -> Run:
     """Resume state, data, model, optimizer and schedule; the config enriched with what the run
     resolved (model args, classes, normalization, split sizes and fingerprint) and written out."""
+    t0 = time.perf_counter()
     state = None
     if resume and (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt")
-        cfg = {**state["config"], "epochs": max(int(cfg["epochs"]), int(state["config"]["epochs"]))}
+        cfg = _resumed_config(cfg, state)
     torch.manual_seed(cfg["seed"])
-    device = select_device(cfg["device"])
+    device = device or select_device(cfg["device"])
     try:
         model = create_model(cfg["model"]["name"], **model_args_for_data(cfg))
     except (TypeError, ValueError) as e:  # bad --model-arg: one line, not a traceback
@@ -322,16 +373,27 @@ def prepare(cfg: dict, out: Path, resume: bool, log=print) -> Run:
         raise D.DatasetError(f"{cfg['name']}: the validation split differs from the one this run started with "
                              f"(data or split code changed); resuming would leak training images into model "
                              f"selection. Start the run afresh (without --resume) or restore the data.")
+    bs = int(cfg["batch_size"])
+    if dist.enabled and (bs < dist.world_size or len(train_ds) < bs):
+        raise ConfigError(f"{cfg['name']}: {dist.world_size} processes need batch_size >= {dist.world_size} and "
+                          f"at least batch_size training images (batch_size is the global batch)")
     cfg["resolved_device"] = str(device)
     model.to(device)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg, model)
-    run = Run(cfg, out, model, opt, build_scheduler(cfg, opt, max(1, len(train_ds) // int(cfg["batch_size"]))),
+    steps_per_epoch = max(1, len(train_ds) // bs)
+    test = to_tensors(load_split(cfg, "test"), spec, device) if cfg["test_curves"] or cfg["time_budget"] else None
+    budget = None
+    if cfg["time_budget"]:
+        b = state.get("budget") if state is not None else None
+        budget = Budget(float(cfg["time_budget"]), steps_per_epoch, train_images=len(train_ds) // dist.world_size,
+                        val_images=len(val_ds) // dist.world_size, test_images=len(test[1]),
+                        classifier=cfg["task"] == "classifier", start=t0,
+                        sync=functools.partial(distributed.broadcast_float, d=dist), **(b or {}))
+    run = Run(cfg, out, model, opt, build_scheduler(cfg, opt, steps_per_epoch, budget),
               torch.Generator(device=device).manual_seed(int(cfg["seed"])), spec,
-              to_tensors(train_ds, spec, device), to_tensors(val_ds, spec, device))
-    if cfg["test_curves"]:
-        run.test = to_tensors(load_split(cfg, "test"), spec, device)
+              to_tensors(train_ds, spec, device), to_tensors(val_ds, spec, device), test, dist=dist, budget=budget)
     if cfg["distill"]["teacher"]:
         run.teacher = teacher_outputs(cfg, train_ds).to(device)
         log(f"{cfg['name']}: distilling from {cfg['distill']['teacher']} ({cfg['distill']['loss']})")
@@ -345,8 +407,12 @@ def prepare(cfg: dict, out: Path, resume: bool, log=print) -> Run:
         run.history, run.start_epoch = list(state["history"]), int(state["epoch"]) + 1
         run.best, run.best_epoch = state["metrics"].get("best_val"), state["metrics"].get("best_epoch", 0)
         run.snapshots = list(state.get("snapshots", []))
-        log(f"{cfg['name']}: resuming from epoch {state['epoch']} of {cfg['epochs']}")
-    write_json(out / "config.json", cfg)
+        log(f"{cfg['name']}: resuming from epoch {state['epoch']} of {cfg['epochs']}"
+            + (f", {b['used_s']:.0f} s of its {cfg['time_budget']:.0f} s budget used" if budget and b else ""))
+    run.net = distributed.wrap(model, dist)  # after the resumed weights: DDP starts from rank 0's
+    distributed.install_step_hashes(opt, model, dist)
+    if dist.is_main:
+        write_json(out / "config.json", cfg)
     return run
 
 
@@ -358,16 +424,42 @@ def _snapshot_tags(run: Run, row: dict) -> list[str]:
     return [t for t in tags if t not in taken]
 
 
+def _budget_allows(run: Run, epoch: int, log) -> bool:
+    """Whether the time budget (if any) leaves room for ``epoch``; says so when it does not."""
+    if run.budget is None:
+        return True
+    left = int(run.cfg["epochs"]) - epoch + 1
+    if run.budget.next_epoch(left, run.sched.last_epoch, first=not run.history):
+        return True
+    used, reserve = run.budget.elapsed(), run.budget.reserve()
+    log(f"{run.cfg['name']}: time budget: {used:.1f} of {run.budget.total:.1f} s used ({reserve:.1f} s kept to score "
+        f"the test split), {run.budget.stop_reason}; "
+        f"stopped after epoch {epoch - 1}")
+    return False
+
+
+def _validate(run: Run) -> dict:
+    """This epoch's validation scores (and test scores for the curves); the budget learns their cost."""
+    te = time.perf_counter()
+    distributed.sync_buffers(run.model, run.dist)  # BatchNorm statistics: rank 0's, as its checkpoint holds
+    row = evaluate(run.model, *run.val, run.cfg, dist=run.dist)
+    if run.cfg["test_curves"]:  # for the curves only: model selection stays on validation
+        row.update(evaluate(run.model, *run.test, run.cfg, prefix="test", dist=run.dist))
+    if run.budget is not None:
+        run.budget.note_eval(time.perf_counter() - te)
+    return row
+
+
 def train_epochs(run: Run, progress: bool, log) -> None:
     cfg, task = run.cfg, task_of(run.cfg)
     min_delta, patience = cfg["early_stopping"]["min_delta"], cfg["early_stopping"]["patience"]
     for epoch in range(run.start_epoch, int(cfg["epochs"]) + 1):
+        if not _budget_allows(run, epoch, log):
+            break
         te = time.perf_counter()
-        row = {"epoch": epoch, **train_one_epoch(run.model, run.opt, run.sched, *run.train, cfg, run.gen, epoch,
-                                                 progress, run.teacher),
-               **evaluate(run.model, *run.val, cfg)}
-        if run.test is not None:  # for the curves only: model selection stays on validation
-            row.update(evaluate(run.model, *run.test, cfg, prefix="test"))
+        stop = None if run.budget is None else (lambda: run.budget.out_of_time)
+        row = {"epoch": epoch, **train_one_epoch(run.net, run.opt, run.sched, *run.train, cfg, run.gen, epoch,
+                                                 progress, run.teacher, run.dist, stop), **_validate(run)}
         row["lr"] = run.opt.param_groups[0]["lr"]
         row["seconds"] = round(time.perf_counter() - te, 2)
         run.history.append(row)
@@ -382,18 +474,20 @@ def train_epochs(run: Run, progress: bool, log) -> None:
         ckpt = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
                 "epoch": epoch, "metrics": {"val_metric": task.val_key, "best_val": run.best,
                                             "best_epoch": run.best_epoch},
-                "history": run.history, "config": cfg, "rng": run.gen.get_state().cpu(), "snapshots": run.snapshots}
-        for s in run.snapshots:
-            if s["epoch"] == epoch:
-                save_checkpoint(run.out / s["checkpoint"], ckpt)
-        if improved:
-            save_checkpoint(run.out / "best.pt", ckpt)
-        save_checkpoint(run.out / "last.pt", ckpt)
-        write_json(run.out / "history.json", run.history)
-        # Drawing costs ~0.3 s: with hundreds of short epochs, redraw at most every 30 s (and at the end).
-        if time.perf_counter() - run.drawn > 30:
-            plots.save(plots.curves_figure(run.history, cfg["name"]), run.out / "curves.png")
-            run.drawn = time.perf_counter()
+                "history": run.history, "config": cfg, "rng": run.gen.get_state().cpu(), "snapshots": run.snapshots,
+                "budget": None if run.budget is None else run.budget.state(run.sched.last_epoch)}
+        if run.dist.is_main:  # one writer; the other ranks hold the same state
+            for s in run.snapshots:
+                if s["epoch"] == epoch:
+                    save_checkpoint(run.out / s["checkpoint"], ckpt)
+            if improved:
+                save_checkpoint(run.out / "best.pt", ckpt)
+            save_checkpoint(run.out / "last.pt", ckpt)
+            write_json(run.out / "history.json", run.history)
+            # Drawing costs ~0.3 s: with hundreds of short epochs, redraw at most every 30 s (and at the end).
+            if time.perf_counter() - run.drawn > 30:
+                plots.save(plots.curves_figure(run.history, cfg["name"]), run.out / "curves.png")
+                run.drawn = time.perf_counter()
         shown = {k: round(v, 4) for k, v in row.items() if k not in ("epoch", "lr", "seconds")}
         log(f"{cfg['name']} epoch {epoch}/{cfg['epochs']} {shown} {row['seconds']:.1f}s" + (" *" if improved else ""))
         if not math.isfinite(row["train_loss"]):
@@ -420,6 +514,10 @@ def finish(run: Run, t0: float, log) -> dict:
         np.save(run.out / "first_layer.npy", first_layer(run.model))
     if run.snapshots:
         export_snapshots(run, log)
+    if run.budget is not None:  # rank 0 alone here: its own clock, not the broadcast one
+        metrics.update(time_budget_s=run.budget.total, budget_used_s=round(run.budget.elapsed(local=True), 1))
+    if run.dist.enabled:
+        metrics["world_size"] = run.dist.world_size
     save_checkpoint(run.out / "best.pt", {**best_ckpt, "metrics": metrics})
     write_json(run.out / "metrics.json", metrics)
     return metrics
@@ -441,11 +539,15 @@ def export_snapshots(run: Run, log) -> None:
 
 def fit(cfg: dict, out_dir: str | Path, *, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train one run into ``out_dir`` (best.pt, last.pt, config.json, history.json, metrics.json,
-    curves.png); return its metrics. ``resume`` continues from ``out_dir/last.pt``."""
+    curves.png); return its metrics. ``resume`` continues from ``out_dir/last.pt``. Under torchrun
+    every rank calls it and gets the same metrics back (``training.distributed``)."""
     t0 = time.perf_counter()
     tune_allocator()
-    run = prepare(cfg, Path(out_dir), resume, log)
+    dist, device = distributed.setup(select_device(cfg["device"]))
+    if not dist.is_main:
+        progress, log = False, (lambda *_: None)
+    run = prepare(cfg, Path(out_dir), resume, log, dist, device)
     train_epochs(run, progress, log)
-    if run.history:
+    if run.history and dist.is_main:
         plots.save(plots.curves_figure(run.history, run.cfg["name"]), run.out / "curves.png")
-    return finish(run, t0, log)
+    return distributed.from_main(lambda: finish(run, t0, log), dist)

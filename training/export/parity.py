@@ -1,11 +1,15 @@
 """The parity gate: onnxruntime (CPU provider) against torch in eval mode, on real images.
 
-Every output must satisfy |onnx - torch| <= atol + rtol * |torch| elementwise (rtol 1e-3, atol 1e-5)
-at every batch size, and classifier argmax must agree on 100% of images.
+Every output must satisfy |onnx - torch| <= atol * s + rtol * |torch| elementwise (rtol 1e-3, atol
+1e-5) at every batch size, and classifier argmax must agree on 100% of images. ``s`` is the sample's
+scale, max(1, max |torch|) over that sample's values of the output: float32 sums carry errors
+proportional to the size of what they add up, so an element near 0 in a layer whose activations
+reach 30 (a ResNet stage) gets 30x the absolute slack of one in a layer of probabilities; outputs of
+magnitude <= 1 (probabilities, Grad-CAM maps) keep the plain 1e-5.
 
 Recorded per output (worst over all batch sizes): ``max_abs`` = max |a-b|; ``max_rel`` =
 max |a-b| / max(|b|, atol) (near-zero values count against atol, so it can exceed rtol while the
-gate passes); ``gate_ratio`` = max |a-b| / (atol + rtol |b|), the gate's margin (passes iff <= 1);
+gate passes); ``gate_ratio`` = max |a-b| / (atol s + rtol |b|), the gate's margin (passes iff <= 1);
 ``peak_rel`` = max over samples of max |a-b| / max |b| of that sample (scale-free, informative).
 Grad-CAM maps are checked against ``reference_gradcam`` (hooks + backward), not against the traced
 function itself.
@@ -66,12 +70,13 @@ def compare(onnx_out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict
         diff = np.abs(got.astype(np.float64) - want)
         scale = np.abs(want.astype(np.float64))
         rel = diff / np.maximum(scale, ATOL)  # relative error where the value is not ~0
-        ratio = diff / (ATOL + RTOL * scale)  # the gate: every element <= 1
+        n = len(want)
+        peak = scale.reshape(n, -1).max(1, initial=0.0) if n else np.zeros(0)
+        sample_scale = np.maximum(peak, 1.0).reshape(n, *([1] * (want.ndim - 1)))
+        ratio = diff / (ATOL * sample_scale + RTOL * scale)  # the gate: every element <= 1
         ok = bool(np.all(ratio <= 1.0)) and bool(np.all(np.isfinite(got)))
         # Scale-free view per sample: worst error over that sample's largest |value| (Grad-CAM maps of
         # random-weight models are ~1e-4, where atol alone would be a loose check).
-        n = len(want)
-        peak = scale.reshape(n, -1).max(1, initial=0.0) if n else np.zeros(0)
         worst = diff.reshape(n, -1).max(1, initial=0.0) if n else np.zeros(0)
         peak_rel = np.where(worst == 0, 0.0, worst / np.maximum(peak, 1e-30))
         stats[name] = {"max_abs": float(diff.max(initial=0.0)), "max_rel": float(rel.max(initial=0.0)),
