@@ -8,11 +8,11 @@ OUT=${OUT:-runs/studies}
 BIN=${BIN:-.venv/bin}
 declare -A SHORT=(
   [depth-mnist]="--set dataset.subset=10000"
-  [lr-mnist]="--set dataset.subset=10000 --set epochs=25"
+  [lr-mnist]="--set dataset.subset=10000 --set epochs=10 --set dataset.test_subset=2000"
   [featuremaps-mnist]="--set dataset.subset=20000"
   [inception-fmnist]="--set epochs=1 --set dataset.subset=5000"
-  [bnconvnet-mnist]="--set epochs=3 --set dataset.subset=12000"
-  [optimizers-mnist]="--set epochs=4 --set dataset.subset=6000"
+  [bnconvnet-mnist]="--set epochs=2 --set dataset.subset=6000 --set dataset.test_subset=2000"
+  [optimizers-mnist]="--set epochs=3 --set dataset.subset=3000 --set dataset.test_subset=2000"
 )
 STUDIES=("$@")
 if [ ${#STUDIES[@]} -eq 0 ]; then
