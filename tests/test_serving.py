@@ -1,12 +1,9 @@
 """The gRPC server end to end: a real `serve` subprocess on a loopback port, real exported models."""
 import asyncio
-import collections
 import io
-import itertools
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -342,78 +339,18 @@ def test_metrics_endpoint(repository):
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_under_load_loses_no_accepted_call(repository, sig):
-    """32 clients, one channel each, send batch-1 v2 ModelInfer calls to lenet in a closed loop until the
+    """32 clients, one connection each, send batch-1 v2 ModelInfer calls to lenet in a closed loop until the
     server is gone; the signal comes while their calls are in flight. Every call sent before it is answered
     OK (gRPC core cancels the calls it has queued for a servicer when it stops: server.drain), later ones
     OK or UNAVAILABLE, none CANCELLED; health says NOT_SERVING before the server goes; exit 0 within the
-    grace period."""
-    import signal
-
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from tritonclient.grpc import service_pb2 as tpb  # our v2 stubs and tritonclient's share names: raw bytes
-    grace = 10.0
-    proc, address = start_server(repository, "--grace", str(grace))
-    request = tpb.ModelInferRequest(model_name="lenet", inputs=[tpb.ModelInferRequest.InferInputTensor(
-        name="input", datatype="FP32", shape=[1, 1, 28, 28])], raw_input_contents=[bytes(784 * 4)],
-        outputs=[tpb.ModelInferRequest.InferRequestedOutputTensor(name="logits")]).SerializeToString()
-    calls, health, lock = [], [], threading.Lock()  # calls: (sent, answered, status), time.monotonic()
-    sent_signal = threading.Event()
-
-    def worker():
-        with grpc.insecure_channel(address) as ch:
-            infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
-            while True:
-                t0 = time.monotonic()
-                try:
-                    status = "OK" if len(infer(request, timeout=30)) > 40 else "SHORT REPLY"
-                except grpc.RpcError as e:
-                    status = e.code().name
-                with lock:
-                    calls.append((t0, time.monotonic(), status))
-                if status != "OK":  # the server is gone (or something is wrong: the test says what)
-                    return
-
-    def watch_health():
-        with grpc.insecure_channel(address) as ch:
-            check = health_pb2_grpc.HealthStub(ch).Check
-            while True:
-                try:
-                    health.append(health_pb2.HealthCheckResponse.ServingStatus.Name(
-                        check(health_pb2.HealthCheckRequest(), timeout=5).status))
-                except grpc.RpcError as e:
-                    health.append(e.code().name)
-                    if sent_signal.is_set():
-                        return
-                time.sleep(0.005)
-
-    threads = [threading.Thread(target=worker) for _ in range(32)] + [threading.Thread(target=watch_health)]
-    for t in threads:
-        t.start()
-    time.sleep(4)
-    with lock:  # no call is recorded meanwhile: every call sent before `at` is in `calls` or in flight
-        at = time.monotonic()
-        proc.send_signal(getattr(signal, sig))
-        sent_signal.set()
-    code = proc.wait(timeout=grace + 30)
-    gone = time.monotonic() - at
-    for t in threads:
-        t.join(timeout=30)
-        assert not t.is_alive(), "a call hung"
-    out = proc.stdout.read()
-    before = collections.Counter(s for t0, _, s in calls if t0 < at)
-    in_flight = collections.Counter(s for t0, t1, s in calls if t0 < at < t1)
-    after = collections.Counter(s for t0, _, s in calls if t0 >= at)
-    print(f"\n{sig} under load: {len(calls)} calls; in flight at the signal {dict(in_flight)}; sent before it "
-          f"{dict(before)}; sent after it {dict(after)}; health {[k for k, _ in itertools.groupby(health)]}; "
-          f"exit {code} after {gone:.2f}s")
-    assert sum(in_flight.values()) >= 16, "the load was not running at the signal"
-    assert set(before) == {"OK"}, before  # accepted before the signal: answered
-    assert set(after) <= {"OK", "UNAVAILABLE"} and after["UNAVAILABLE"] == 32, after  # each worker saw it go
-    assert code == 0 and gone < grace, (code, gone, out)
-    assert "Traceback" not in out, out
-    seen = [k for k, _ in itertools.groupby(health)]
-    assert seen[0] == "SERVING" and seen[-1] == "UNAVAILABLE" and "NOT_SERVING" in seen, seen
-    assert seen.index("NOT_SERVING") > len(seen) - 1 - seen[::-1].index("SERVING"), seen  # never SERVING again
+    grace period (conftest.signal_under_load, shared with the multi-worker test)."""
+    from conftest import signal_under_load
+    proc, address = start_server(repository, "--grace", "10")
+    try:
+        signal_under_load(proc, address, sig)
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)
 
 
 def test_missing_or_empty_repository_is_a_clear_error(tmp_path):

@@ -1,24 +1,19 @@
 """``serve --workers N``: worker processes sharing one port under a supervising parent (serving/workers.py),
 and the client that spreads its calls over several connections."""
-import collections
-import itertools
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
 from serving.client import GlassboxClient, ServerUnavailable, addresses
 
-from conftest import free_port, start_server, stop_server
+from conftest import free_port, signal_under_load, start_server, stop_server
 
 
 def children(pid: int) -> list[int]:
@@ -120,80 +115,6 @@ def test_two_workers_serve_one_port_count_together_and_drain(repository):
     finally:
         if proc.poll() is None:
             stop_server(proc)
-
-
-def signal_under_load(proc, address: str, grace: float = 10.0) -> None:
-    """32 clients, each on its own connection (so on both workers), send batch-1 v2 ModelInfer calls in a closed
-    loop; SIGTERM to the parent while they run. Every call sent before it is answered OK, later ones OK or
-    UNAVAILABLE, none CANCELLED; health goes NOT_SERVING and then away; the parent exits 0 within the grace."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from tritonclient.grpc import service_pb2 as tpb  # our v2 stubs and tritonclient's share names: raw bytes
-    request = tpb.ModelInferRequest(model_name="lenet", inputs=[tpb.ModelInferRequest.InferInputTensor(
-        name="input", datatype="FP32", shape=[1, 1, 28, 28])], raw_input_contents=[bytes(784 * 4)],
-        outputs=[tpb.ModelInferRequest.InferRequestedOutputTensor(name="logits")]).SerializeToString()
-    calls, health, lock = [], [], threading.Lock()  # calls: (sent, answered, status), time.monotonic()
-    sent_signal = threading.Event()
-
-    def worker(k):
-        options = [("grpc.use_local_subchannel_pool", 1), ("test.client", k)]  # a connection of its own
-        with grpc.insecure_channel(address, options=options) as ch:
-            infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
-            while True:
-                t0 = time.monotonic()
-                try:
-                    status = "OK" if len(infer(request, timeout=30)) > 40 else "SHORT REPLY"
-                except grpc.RpcError as e:
-                    status = e.code().name
-                with lock:
-                    calls.append((t0, time.monotonic(), status))
-                if status != "OK":
-                    return
-
-    def watch_health():
-        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            check = health_pb2_grpc.HealthStub(ch).Check
-            while True:
-                try:
-                    health.append(health_pb2.HealthCheckResponse.ServingStatus.Name(
-                        check(health_pb2.HealthCheckRequest(), timeout=5).status))
-                except grpc.RpcError as e:
-                    health.append(e.code().name)
-                    if sent_signal.is_set():
-                        return
-                time.sleep(0.005)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(32)]
-    threads.append(threading.Thread(target=watch_health))
-    for t in threads:
-        t.start()
-    time.sleep(4)
-    with lock:  # no call is recorded meanwhile: every call sent before `at` is in `calls` or in flight
-        at = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        sent_signal.set()
-    code = proc.wait(timeout=grace + 30)
-    gone = time.monotonic() - at
-    for t in threads:
-        t.join(timeout=30)
-        assert not t.is_alive(), "a call hung"
-    out = proc.stdout.read()
-    before = collections.Counter(s for t0, _, s in calls if t0 < at)
-    in_flight = collections.Counter(s for t0, t1, s in calls if t0 < at < t1)
-    after = collections.Counter(s for t0, _, s in calls if t0 >= at)
-    seen = [k for k, _ in itertools.groupby(health)]
-    print(f"\nSIGTERM to 2 workers under load: {len(calls)} calls; in flight at the signal {dict(in_flight)}; sent "
-          f"before it {dict(before)}; sent after it {dict(after)}; health {seen}; exit {code} after {gone:.2f}s")
-    assert sum(in_flight.values()) >= 16, "the load was not running at the signal"
-    assert set(before) == {"OK"}, before  # accepted before the signal: answered
-    assert set(after) <= {"OK", "UNAVAILABLE"} and after["UNAVAILABLE"] == 32, (after, out[-4000:])  # each saw it go
-    assert code == 0 and gone < grace, (code, gone, out)
-    assert "Traceback" not in out and "ERROR glassbox.serving:" not in out, out  # the parent logs no error
-    assert seen[0] == "SERVING" and seen[-1] == "UNAVAILABLE" and "NOT_SERVING" in seen, seen
-    assert seen.index("NOT_SERVING") > len(seen) - 1 - seen[::-1].index("SERVING"), seen  # never SERVING again
-    with grpc.insecure_channel(address) as ch:  # nobody listens any more
-        with pytest.raises(grpc.RpcError) as e:
-            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_a_crashed_worker_stops_the_server(repository):
