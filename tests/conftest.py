@@ -83,6 +83,21 @@ def repository(tmp_path_factory, trained_runs, fmnist_dir):
     return repo
 
 
+# `python -c SLOW_LOAD <serve options>`: a server whose model loading takes 4 s longer, to test the
+# loading phase (health NOT_SERVING, ready 503, signals while loading).
+SLOW_LOAD = """
+import sys, time
+import serving.server as s
+real = s.Repository
+def slow(*args, **kwargs):  # loading takes 4 s more than it does
+    time.sleep(4)
+    return real(*args, **kwargs)
+s.Repository = slow
+sys.argv[0] = "serve"
+s.main()
+"""
+
+
 def start_server(repo, *extra, env=None, serve=None, cwd=None) -> tuple[subprocess.Popen, str]:
     """Run ``serve`` (``serve``: the command, default this interpreter's ``-m serving.server``) on a
     free port and wait until health says SERVING; returns the process and its address."""

@@ -17,7 +17,7 @@ import pytest
 
 from glassbox.data import load_dataset, preprocess
 
-from conftest import free_port, start_server, stop_server
+from conftest import SLOW_LOAD, free_port, start_server, stop_server
 
 LIMIT_MB = 2  # --max-message-mb: the gRPC message limit and the HTTP body limit
 
@@ -217,19 +217,6 @@ def test_body_over_the_limit_is_413(http_server):
     assert status == 200, data
     status, _, _ = request(port, "GET", "/v2/health/live")
     assert status == 200
-
-
-SLOW_LOAD = """
-import sys, time
-import serving.server as s
-real = s.Repository
-def slow(*args, **kwargs):  # loading takes 4 s more than it does
-    time.sleep(4)
-    return real(*args, **kwargs)
-s.Repository = slow
-sys.argv[0] = "serve"
-s.main()
-"""
 
 
 def test_ready_is_503_while_loading_and_the_port_must_be_free(repository):

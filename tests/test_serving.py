@@ -16,7 +16,7 @@ from PIL import Image
 from glassbox.data import load_dataset, preprocess
 from serving.client import GlassboxClient, GlassboxError
 
-from conftest import free_port, start_server, stop_server
+from conftest import SLOW_LOAD, free_port, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -546,19 +546,6 @@ def test_tls_and_full_queue(repository, images, tmp_path):
                 health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=2)
     finally:
         assert stop_server(proc) == 0
-
-
-SLOW_LOAD = """
-import sys, time
-import serving.server as s
-real = s.Repository
-def slow(*args, **kwargs):  # loading takes 4 s more than it does
-    time.sleep(4)
-    return real(*args, **kwargs)
-s.Repository = slow
-sys.argv[0] = "serve"
-s.main()
-"""
 
 
 def test_not_serving_while_loading(repository):
