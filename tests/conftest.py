@@ -3,6 +3,7 @@
 Tests may read ../shared/data (MNIST, CIFAR-10, LFW) and Debian's Fashion-MNIST; the product never
 does. Override with GLASSBOX_TEST_SHARED_DATA / GLASSBOX_TEST_FMNIST.
 """
+import json
 import os
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def repository(tmp_path_factory, trained_runs, fmnist_dir):
     data[len(data) // 2] ^= 0xFF
     onnx_file.write_bytes(bytes(data))
     return repo
+
+
+def strict_json(path):
+    """The JSON files must be strict (no NaN/Infinity) so that browsers and jq read them."""
+    def refuse(token):
+        raise AssertionError(f"{path.name} holds {token}")
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 # `python -c SLOW_LOAD <serve options>`: a server whose model loading takes 4 s longer, to test the

@@ -5,7 +5,6 @@ tests/test_analysis.py checks each command once; this file checks the numbers ag
 itself, the JSON beside the figures, the defaults (every ready model in the report, random VAE
 pairs, the predicted class), a VAE's latent space, the progress bars and the usage errors.
 """
-import json
 import re
 
 import numpy as np
@@ -15,16 +14,11 @@ from click.testing import CliRunner
 from analysis.cli import cli
 from glassbox.data import load_dataset
 
+from conftest import strict_json
+
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def strict_json(path):
-    """The JSON files must be strict (no NaN/Infinity) so that browsers and jq read them."""
-    def refuse(token):
-        raise AssertionError(f"{path.name} holds {token}")
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from analysis import compare, plots
 from analysis.cli import cli
 from glassbox.data import dataset_info
 
+from conftest import strict_json
+
 CLASSES = dataset_info("fashion-mnist")["classes"]
 VARIANTS = ["none", "l2", "l1"]
 EPOCHS = 12
@@ -28,12 +30,6 @@ EPOCHS = 12
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def strict_json(path):
-    def refuse(token):
-        raise AssertionError(f"{path.name} holds {token}")
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def write(path, obj):
