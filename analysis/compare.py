@@ -19,6 +19,7 @@ import numpy as np
 
 from glassbox.data import DatasetError, dataset_info
 from glassbox.io import atomic_write, write_json
+from glassbox.plots import finite
 
 from . import plots
 
@@ -47,13 +48,9 @@ def _optional_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _first(*values):
     """The first finite number among ``values`` (metrics.json, then summary.json, then a fallback)."""
-    return next((v for v in values if _finite(v)), None)
+    return next((v for v in values if finite(v)), None)
 
 
 def load_study(runs_dir) -> tuple[dict, list[dict]]:
@@ -89,7 +86,7 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
             raise click.ClickException(f"{d / 'history.json'}: want a list of per-epoch objects")
         variants.append({"name": name, "dir": d, "history": history, "metrics": _optional_json(d / "metrics.json"),
                          "config": _optional_json(d / "config.json"), "summary": by_run.get(name, {})})
-    recorded_test = any(_finite(h.get("test_loss")) for v in variants for h in v["history"])
+    recorded_test = any(finite(h.get("test_loss")) for v in variants for h in v["history"])
     study = {"name": info.get("name") or runs_dir.resolve().name, "title": info.get("title") or "",
              "report": info.get("report"), "reported": info.get("reported"), "notes": info.get("notes"),
              "measures": list(info.get("measures") or []), "zoom": zoom,
@@ -102,7 +99,7 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
 def diverged_epoch(history: list[dict]) -> int | None:
     """The first epoch whose train or val loss is null or infinite (NaN is written as null), else None."""
     for i, h in enumerate(history):
-        if any(k in h and not _finite(h[k]) for k in ("train_loss", "val_loss")):
+        if any(k in h and not finite(h[k]) for k in ("train_loss", "val_loss")):
             return h.get("epoch", i + 1)
     return None
 
@@ -111,11 +108,11 @@ def variant_row(v: dict, metric: str, measures: list[str]) -> dict:
     """One row of the table: final / best val ``metric``, best epoch, test (best-by-val checkpoint), time."""
     hist, m, s = v["history"], v["metrics"], v["summary"]
     key = f"val_{metric}"
-    finite = [(h.get("epoch", i + 1), h[key]) for i, h in enumerate(hist) if _finite(h.get(key))]
-    if m.get("val_metric") == key and _finite(m.get("best_val")):
+    points = [(h.get("epoch", i + 1), h[key]) for i, h in enumerate(hist) if finite(h.get(key))]
+    if m.get("val_metric") == key and finite(m.get("best_val")):
         best, best_epoch = m["best_val"], m.get("best_epoch")  # what selected the checkpoint that was tested
-    elif finite:
-        best_epoch, best = (max if metric == "acc" else min)(finite, key=lambda p: p[1])  # ties: the earliest
+    elif points:
+        best_epoch, best = (max if metric == "acc" else min)(points, key=lambda p: p[1])  # ties: the earliest
     else:
         best = best_epoch = None
     seconds = [h.get("seconds") for h in hist]
@@ -125,7 +122,7 @@ def variant_row(v: dict, metric: str, measures: list[str]) -> dict:
             "selected_on": m.get("val_metric") or s.get("val_metric"),
             "epochs": _first(m.get("epochs_run"), s.get("epochs"), len(hist)),
             "wall_seconds": _first(m.get("wall_seconds"), s.get("wall_seconds"),
-                                   sum(seconds) if all(_finite(x) for x in seconds) else None),
+                                   sum(seconds) if all(finite(x) for x in seconds) else None),
             "diverged_epoch": diverged_epoch(hist),
             **{k: m.get(k, s.get(k)) for k in measures}}
 
@@ -257,8 +254,8 @@ def run(runs_dir, out=None, zoom: int | None = None, metric: str | None = None) 
     study, variants = load_study(runs_dir)
     out = Path(out) if out else Path(runs_dir) / "compare"
     zoom = zoom or study["zoom"]
-    has_acc = any(_finite(h.get("val_acc")) for v in variants for h in v["history"]) or \
-        any(_finite(v["metrics"].get("test_acc")) for v in variants)
+    has_acc = any(finite(h.get("val_acc")) for v in variants for h in v["history"]) or \
+        any(finite(v["metrics"].get("test_acc")) for v in variants)
     if metric == "acc" and not has_acc:
         raise click.ClickException(f"no variant of {runs_dir} records val_acc (a VAE study?); use --metric loss")
     metric = metric or ("acc" if has_acc else "loss")

@@ -7,6 +7,7 @@ matplotlib with the Agg backend (files only: training and the server run headles
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -29,19 +30,20 @@ def save(fig, path: str | Path, dpi: int = DPI) -> Path:
         plt.close(fig)
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+def finite(v) -> bool:
+    """A real number that is not NaN or infinite (history values may be null or NaN when a run diverged)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def curves_figure(history: list[dict], title: str = "Training curves"):
     """Loss and accuracy per epoch: train, val and, when recorded, test (a VAE has no accuracy)."""
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    kinds = ["loss"] + (["acc"] if any(_finite(h.get("val_acc", h.get("train_acc"))) for h in history) else [])
+    kinds = ["loss"] + (["acc"] if any(finite(h.get("val_acc", h.get("train_acc"))) for h in history) else [])
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
             key = f"{split}_{kind}"
-            pts = [(e, h[key]) for e, h in zip(epochs, history, strict=True) if _finite(h.get(key))]
+            pts = [(e, h[key]) for e, h in zip(epochs, history, strict=True) if finite(h.get(key))]
             if pts:
                 label = split + (" (curves only)" if split == "test" else "")
                 ax.plot(*zip(*pts, strict=True), style, ms=3, label=label)

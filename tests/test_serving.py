@@ -360,16 +360,18 @@ def test_missing_or_empty_repository_is_a_clear_error(tmp_path):
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("option", ["--port", "--metrics-port"])
-def test_port_in_use_is_one_clear_error(tmp_path, option):
-    """A second server on a taken port: one line naming the port and the option, no traceback, exit 2."""
+@pytest.mark.parametrize(("workers", "option"), [("1", "--port"), ("1", "--metrics-port"), ("2", "--port"),
+                                                ("2", "--http-port"), ("2", "--metrics-port")])
+def test_port_in_use_is_one_clear_error(tmp_path, workers, option):
+    """A second server on a taken port: one line naming the port and the option, no traceback, exit 2.
+    With workers (which share their ports through SO_REUSEPORT) the parent checks the ports first."""
     import socket
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         ports = {"--port": str(free_port()), "--metrics-port": "0", option: str(port)}
-        r = subprocess.run([sys.executable, "-m", "serving.server", "--repository", str(tmp_path),
+        r = subprocess.run([sys.executable, "-m", "serving.server", "--repository", str(tmp_path), "--workers", workers,
                             *(x for kv in ports.items() for x in kv)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith(f"error: {option} {port}: "), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "already in use" in r.stderr, r.stderr

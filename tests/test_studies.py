@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from training.cli import train, train_all
 from training.config import ConfigError, list_studies, load_profile, resolve_config
-from training.engine import build_optimizer, build_scheduler, compute_loss, fit, model_args_for_data
+from training.engine import build_optimizer, compute_loss, fit, model_args_for_data
 from training.models import create_model
 
 QUIET = {"progress": False, "log": lambda *_: None}
@@ -148,22 +148,6 @@ def test_inception_takes_the_reports_dropout():
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
     drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops == [0.7, 0.7, 0.7]
-
-
-@pytest.mark.parametrize("schedule", ["constant", "step", "exp"])
-def test_warmup_then_any_schedule(schedule):
-    cfg = resolve_config({"model": "logreg", "epochs": 6, "optimizer": {"name": "sgd", "lr": 1.0},
-                          "schedule": {"name": schedule, "warmup_epochs": 2, "step_size": 3, "gamma": 0.5}})
-    opt = build_optimizer(cfg, create_model("logreg"))
-    sched = build_scheduler(cfg, opt, steps_per_epoch=10)
-    lrs = []
-    for _ in range(60):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0 if schedule != "exp" else 1.0)
-    assert lrs[:20] == sorted(lrs[:20])  # the ramp rises
-    assert lrs[55] == pytest.approx({"constant": 1.0, "step": 0.5, "exp": 0.5 ** 5}[schedule])
 
 
 def test_models_take_the_datasets_channels_and_size():

@@ -68,18 +68,23 @@ def test_vae_run_reports_loss(fmnist_dir, tmp_path):
     assert load_checkpoint(tmp_path / "best.pt")["config"]["dataset"]["mean"] == [0.0]
 
 
-@pytest.mark.parametrize("name", ["constant", "step", "cosine"])
-def test_schedules(name):
-    model = create_model("logreg")
-    cfg = resolve_config({"model": "logreg", "epochs": 4,
-                          "schedule": {"name": name, "warmup_epochs": 1, "step_size": 2, "gamma": 0.1}})
-    opt = build_optimizer(cfg, model)
-    sched = build_scheduler(cfg, opt, steps_per_epoch=10)
+def lr_trace(cfg: dict, steps: int, steps_per_epoch: int = 10) -> list[float]:
+    """The learning rate of each of ``steps`` optimizer steps under the config's schedule."""
+    opt = build_optimizer(cfg, create_model(cfg["model"]["name"]))
+    sched = build_scheduler(cfg, opt, steps_per_epoch=steps_per_epoch)
     lrs = []
-    for _ in range(40):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "cosine"])
+def test_schedules(name):
+    cfg = resolve_config({"model": "logreg", "epochs": 4,
+                          "schedule": {"name": name, "warmup_epochs": 1, "step_size": 2, "gamma": 0.1}})
+    lrs = lr_trace(cfg, 40)
     peak = cfg["optimizer"]["lr"]
     if name == "constant":  # warmup for 10 steps, then the peak
         assert lrs[0] == pytest.approx(peak / 10) and lrs[9:] == [peak] * 31
@@ -88,6 +93,16 @@ def test_schedules(name):
         assert lrs[25] == pytest.approx(peak * 0.1)
     else:
         assert lrs[0] < lrs[9] == pytest.approx(peak) and lrs[-1] < 0.01 * peak
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "exp"])
+def test_warmup_then_any_schedule(schedule):
+    cfg = resolve_config({"model": "logreg", "epochs": 6, "optimizer": {"name": "sgd", "lr": 1.0},
+                          "schedule": {"name": schedule, "warmup_epochs": 2, "step_size": 3, "gamma": 0.5}})
+    lrs = lr_trace(cfg, 60)
+    assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
+    assert lrs[:20] == sorted(lrs[:20])  # the ramp rises
+    assert lrs[55] == pytest.approx({"constant": 1.0, "step": 0.5, "exp": 0.5 ** 5}[schedule])
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam", "nadam", "adamw"])

@@ -2,8 +2,6 @@
 and the client that spreads its calls over several connections."""
 import os
 import signal
-import subprocess
-import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -136,18 +134,3 @@ def test_a_crashed_worker_stops_the_server(repository):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-@pytest.mark.parametrize("option", ["--port", "--http-port", "--metrics-port"])
-def test_workers_port_in_use_is_one_clear_error(tmp_path, option):
-    """The workers share their ports (SO_REUSEPORT), so the parent checks them first: one line, exit 2."""
-    import socket
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        ports = {"--port": str(free_port()), "--metrics-port": "0", option: str(port)}
-        r = subprocess.run([sys.executable, "-m", "serving.server", "--repository", str(tmp_path), "--workers", "2",
-                            *(x for kv in ports.items() for x in kv)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr.startswith(f"error: {option} {port}: "), r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "already in use" in r.stderr, r.stderr
