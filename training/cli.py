@@ -191,7 +191,7 @@ def train(**o):
         "augment": {"crop_pad": o["crop_pad"], "hflip": o["hflip"], "noise_std": o["noise_std"]},
         "clip_grad_norm": o["clip_grad_norm"], "early_stopping": {"patience": o["patience"], "min_delta": 0.0},
     }
-    from .distributed import shutdown
+    from .distributed import barrier, from_env, shutdown
     from .engine import fit
     try:
         cfg = resolve_config(run)
@@ -199,6 +199,9 @@ def train(**o):
         metrics = fit(cfg, out, resume=o["resume"], progress=not o["no_progress"])
         if o["do_export"] and _main_only():
             metrics.update(_export(out, o["repository"], o["data_dir"]))
+        # Leave together: a rank that tears gloo down while rank 0 still exports can abort in
+        # gloo's threads ("terminate called without an active exception").
+        barrier(from_env())
     except _errors() as e:
         _fail(str(e))
     finally:

@@ -31,6 +31,7 @@ parameters>`` to ``DIR/rank<r>.txt`` after every optimizer step (the tests compa
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import subprocess
@@ -84,7 +85,11 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
 
 
 def shutdown() -> None:
+    """Leave the process group. DDP wrappers caught in reference cycles still hold the gloo group
+    and its threads; collect them first, or they are torn down during interpreter exit, where gloo
+    can abort the process ("terminate called without an active exception", seen once in CI)."""
     if tdist.is_available() and tdist.is_initialized():
+        gc.collect()
         tdist.destroy_process_group()
 
 
