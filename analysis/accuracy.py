@@ -2,12 +2,18 @@
 and the training curves from the manifest.
 
     analyze accuracy --model lenet --split test
+
+A model trained on a long-tailed set (its manifest's training config sets ``dataset.longtail``, as
+``train-all --study cifar-longtail`` does) also gets its accuracy on the head classes (kept whole)
+and on the tail classes (reduced in training) separately.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from glassbox.data import head_tail_accuracy
 
 from . import metrics, plots
 from .common import batched, model_input, unit_images, write_json
@@ -38,6 +44,8 @@ def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: in
     if history:
         plots.save(plots.curves_figure(history, f"{model}: training curves"), out / "curves.png")
         figures.append("curves.png")
+    trained_on = ((man.get("source") or {}).get("config") or {}).get("dataset") or {}
+    report.update(head_tail_accuracy(ds.labels, pred, trained_on.get("longtail")))
     report.update({"model": model, "dataset": ds.name, "images": int(len(ds)),
                    "most_confident_mistakes": [{"index": int(i), "true": classes[ds.labels[i]],
                                                 "predicted": classes[pred[i]], "probability": float(res.probs[i, 0])}
@@ -48,8 +56,12 @@ def run(client, man: dict, ds, out: Path, limit: int | None = None, mistakes: in
 
 
 def table(report: dict) -> str:
-    lines = [f"accuracy {report['accuracy']:.4f} on {report['images']} images, macro F1 {report['macro_f1']:.4f}",
-             f"{'class':14s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'support':>8s}"]
+    lines = [f"accuracy {report['accuracy']:.4f} on {report['images']} images, macro F1 {report['macro_f1']:.4f}"]
+    if "tail_classes" in report:  # trained on a long-tailed set
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"head classes {fmt(report['head_acc'])}, tail classes {fmt(report['tail_acc'])} "
+                     f"(tail: classes {', '.join(map(str, report['tail_classes']))}, reduced in training)")
+    lines.append(f"{'class':14s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'support':>8s}")
     for c in report["per_class"]:
         lines.append(f"{c['class'][:14]:14s} {c['precision']:9.3f} {c['recall']:7.3f} {c['f1']:6.3f} {c['support']:8d}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@
     analyze gradcam --model lenet --target predicted --sensitivity 5
     analyze accuracy --model lenet
     analyze vae --model cvae --steps 10
+    analyze vae --model cvae-faces000 --show 400 --pair-names "Jennifer_Aniston,Tony_Blair" --alphas 0,0.5,1
     analyze report --out reports/demo
     analyze compare runs/weight-decay --zoom 10             # a study's variants side by side (no server)
     analyze snapshots runs/features/lenet --layer conv1     # features across training snapshots (no server)
@@ -132,21 +133,49 @@ def _pair(value: str) -> tuple[int, int]:
 @cli.command(context_settings=CTX)
 @common()
 @click.option("--steps", type=click.IntRange(2, 256), default=10, help="Images per interpolation strip (alpha 0 to 1).")
+@click.option("--alphas", default=None, metavar="A,B,...",
+              help="Explicit interpolation weights in [0, 1], e.g. 0,0.25,0.5,1 (instead of --steps).")
 @click.option("--pair", "pairs", multiple=True,
               help="Two image indices to interpolate between, e.g. 3,17 (repeatable) [default: random pairs].")
+@click.option("--pair-names", "pair_names", multiple=True, metavar="A_NAME,B_NAME",
+              help="Interpolate between a face of each of two people named in the dataset, e.g. "
+                   "Jennifer_Aniston,Tony_Blair (Name:k: their k-th image; repeatable).")
+@click.option("--direction", default=None, metavar="A1,A2;B1,B2",
+              help="Attribute direction: the mean latent of people A minus that of people B, added to faces in steps.")
+@click.option("--direction-faces", default=None, metavar="NAME,...",
+              help="Faces the direction is added to [default: the --pair-names faces, else 4 sampled images].")
+@click.option("--strengths", default=None, metavar="S,...",
+              help="Multiples of the direction added, one column each [default: -1,-0.5,0,0.5,1,1.5,2].")
+@click.option("--show", type=click.IntRange(1, 2000), default=None,
+              help="Reconstructions drawn (report 000 drew 400) [default: the run's [analysis] show, else 10].")
 @click.option("--samples", type=click.IntRange(1, 4096), default=32, help="Images decoded from the prior.")
 @click.option("--images", type=click.IntRange(2), default=1000, help="Images scored for MSE, PSNR and the ELBO terms.")
-def vae(server, model, dataset_name, split, data_dir, out, seed, steps, pairs, samples, images):
-    """Reconstructions, interpolations, prior samples, reconstruction MSE / PSNR and ELBO terms."""
+def vae(server, model, dataset_name, split, data_dir, out, seed, steps, alphas, pairs, pair_names, direction,
+        direction_faces, strengths, show, samples, images):
+    """Reconstructions, interpolations (by index or person name), attribute directions, prior samples, MSE / PSNR
+    and ELBO terms. Options not given come from the run's [analysis] table (see the faces studies)."""
+    from . import faces
     from . import vae as v
+    alphas = faces.parse_floats(alphas, "--alphas", 0.0, 1.0) if alphas is not None else None
+    strengths = faces.parse_floats(strengths, "--strengths") if strengths is not None else None
+    for p in pair_names:
+        faces.parse_pair_names(p)
+    if direction is not None:
+        faces.parse_direction(direction)
     client, man, ds = _setup(server, model, dataset_name, split, data_dir)
     if man["task"] != "vae":
         raise click.ClickException(f"model {model!r} is a {man['task']}, not a VAE")
-    res = v.run(client, man, ds, Path(out) / model, steps, [_pair(p) for p in pairs],
-                samples=samples, images=images, seed=seed)
+    res = v.run(client, man, ds, Path(out) / model, steps, [_pair(p) for p in pairs], samples=samples, images=images,
+                seed=seed, show=show, alphas=alphas, pair_names=list(pair_names) or None, direction=direction,
+                direction_faces=[n.strip() for n in direction_faces.split(",")] if direction_faces else None,
+                strengths=strengths)
     click.echo(f"{model}: MSE {res['mse']:.5f}, PSNR {res['psnr']:.2f} dB, BCE {res['bce']:.2f}, KL {res['kl']:.2f}, "
                f"ELBO {res['elbo']:.2f} on {res['n']} images")
-    click.echo(f"wrote {Path(out) / model}/vae_*.png and vae.json")
+    if res["direction"]:
+        d = res["direction"]
+        click.echo(f"direction: {len(d['a'])} people ({d['images_a']} images) minus {len(d['b'])} people "
+                   f"({d['images_b']} images), norm {d['norm']:.3f}")
+    click.echo(f"wrote {Path(out) / model}/{', '.join(res['figures'])} and vae.json")
 
 
 @cli.command(context_settings=CTX)

@@ -11,7 +11,7 @@ import click
 import numpy as np
 from tqdm.auto import tqdm
 
-from glassbox.data import DatasetError, load_dataset, preprocess
+from glassbox.data import DatasetError, load_dataset, preprocess, reader_options
 from glassbox.io import write_json  # noqa: F401  (the analysis commands' JSON writer)
 from serving.client import GlassboxClient, GlassboxError
 
@@ -35,9 +35,12 @@ def manifest(client: GlassboxClient, model: str) -> dict:
 
 
 def dataset(man: dict, name: str | None, split: str, data_dir: str | None):
-    """The split of the model's dataset (or ``name``); labels are the manifest's classes."""
+    """The split of the model's dataset (or ``name``), read as the model was trained (LFW's crop and
+    size from the manifest's config); labels are the manifest's classes."""
+    options = {} if name not in (None, man["dataset"]) else \
+        reader_options((man.get("source") or {}).get("config", {}).get("dataset") or {"name": man["dataset"]})
     try:
-        return load_dataset(name or man["dataset"], split=split, data_dir=data_dir)
+        return load_dataset(name or man["dataset"], split=split, data_dir=data_dir, **options)
     except DatasetError as e:
         raise click.ClickException(str(e)) from None
 

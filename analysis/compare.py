@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from glassbox.data import DatasetError, dataset_info
+from glassbox.data import DatasetError, dataset_info, longtail_spec
 from glassbox.io import atomic_write, write_json
 from glassbox.plots import finite
 
@@ -28,6 +28,9 @@ MAX_UNITS = 16      # first-layer units drawn per variant: more and each image g
 MISSING = "—"       # a value the run did not record (or NaN: a diverged run)
 EPOCH_KEYS = ("best_epoch", "epochs", "diverged_epoch")
 VALUE_KEYS = ("final_val", "best_val", "test")
+ACC_KEYS = ("head_acc", "tail_acc")  # long-tailed runs: test accuracy on the head and on the tail classes
+HEAD_TAIL_NOTE = ("Head / tail test acc: accuracy on the test images of the classes kept whole / of the classes "
+                  "the long-tailed training set reduced (dataset.longtail), on the official balanced test split.")
 SELECTION_NOTE = "model selection on validation; test scored every epoch for the curves only"
 TEST_NOTE = ("scored once with the checkpoint of the best validation epoch (model selection is on validation; "
              "test curves, where drawn, are for reference only)")
@@ -104,6 +107,23 @@ def diverged_epoch(history: list[dict]) -> int | None:
     return None
 
 
+def head_tail(metrics: dict, config: dict) -> dict:
+    """A long-tailed run's head and tail test accuracy: as metrics.json records them, else the mean
+    per-class accuracy over each group (the same on the balanced test split); {} for other runs."""
+    if finite(metrics.get("head_acc")) or finite(metrics.get("tail_acc")):
+        return {k: metrics.get(k) for k in ACC_KEYS}
+    try:
+        spec = longtail_spec((config.get("dataset") or {}).get("longtail"))
+    except ValueError:
+        return {}
+    per_class = metrics.get("per_class_acc")
+    if spec is None or not isinstance(per_class, list):
+        return {}
+    groups = {"tail_acc": [a for c, a in enumerate(per_class) if c in spec["classes"] and finite(a)],
+              "head_acc": [a for c, a in enumerate(per_class) if c not in spec["classes"] and finite(a)]}
+    return {k: sum(g) / len(g) if g else None for k, g in groups.items()}
+
+
 def variant_row(v: dict, metric: str, measures: list[str]) -> dict:
     """One row of the table: final / best val ``metric``, best epoch, test (best-by-val checkpoint), time."""
     hist, m, s = v["history"], v["metrics"], v["summary"]
@@ -123,7 +143,7 @@ def variant_row(v: dict, metric: str, measures: list[str]) -> dict:
             "epochs": _first(m.get("epochs_run"), s.get("epochs"), len(hist)),
             "wall_seconds": _first(m.get("wall_seconds"), s.get("wall_seconds"),
                                    sum(seconds) if all(finite(x) for x in seconds) else None),
-            "diverged_epoch": diverged_epoch(hist),
+            "diverged_epoch": diverged_epoch(hist), **head_tail(m, v["config"]),
             **{k: m.get(k, s.get(k)) for k in measures}}
 
 
@@ -132,6 +152,8 @@ def columns(metric: str, measures: list[str], rows: list[dict]) -> list[tuple[st
     cols = [("variant", "variant"), ("final_val", f"final val {metric}"), ("best_val", f"best val {metric}"),
             ("best_epoch", "best epoch"), ("test", f"test {metric} (best-val ckpt)"), ("epochs", "epochs"),
             ("wall_seconds", "wall s"), *[(k, k) for k in measures]]
+    if any(finite(r.get(k)) for r in rows for k in ACC_KEYS):  # a long-tailed study
+        cols[5:5] = [("head_acc", "head test acc"), ("tail_acc", "tail test acc")]
     if any(r["diverged_epoch"] is not None for r in rows):
         cols.append(("diverged_epoch", "diverged at epoch"))
     return cols
@@ -144,6 +166,8 @@ def cell(key: str, value, metric: str) -> str:
         return str(value) if not isinstance(value, (list, dict)) else f"[{len(value)} values]"
     if key == "wall_seconds":
         return f"{value:.1f}"
+    if key in ACC_KEYS:
+        return f"{value:.4f}"
     if key in EPOCH_KEYS or (key not in VALUE_KEYS and float(value).is_integer()):  # counts: 7840, not 7.84e+03
         return str(int(value))
     return f"{value:.4f}" if metric == "acc" and key in VALUE_KEYS else f"{value:.4g}"
@@ -177,6 +201,8 @@ def markdown(result: dict) -> str:
     out += ["| " + " | ".join(head) + " |", "|" + "|".join([":--", *["--:"] * (len(head) - 1)]) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out += ["", f"Test {result['metric']}: {TEST_NOTE}.", ""]
+    if any(k == "head_acc" for k, _ in result["columns"]):
+        out += [HEAD_TAIL_NOTE, ""]
     out += [f"![{f}]({f})" for f in result["figures"]]
     return "\n".join(out) + "\n"
 

@@ -80,6 +80,21 @@ def _study_section(r: dict) -> str:
     return "".join(parts) + "</section>"
 
 
+def _faces(v: dict, d: Path) -> str:
+    """A faces VAE's named interpolations and attribute direction (the run's [analysis] table or the
+    analyze vae options; see analysis/faces.py)."""
+    pairs = "; ".join(f"{a} to {b}" for a, b in v.get("pair_labels", []))
+    parts = ["<h3>Faces</h3>", _img(d / "vae_interpolations.png", f"Interpolations: {pairs} (alpha "
+                                    f"{', '.join(f'{a:g}' for a in v['alphas'])})")]
+    if r := v.get("direction"):
+        parts.append(f"<p>Direction: the mean latent of {len(r['a'])} people ({r['images_a']} images: "
+                     f"{html.escape(', '.join(r['a']))}) minus that of {len(r['b'])} people ({r['images_b']} "
+                     f"images: {html.escape(', '.join(r['b']))}); norm {r['norm']:.3f}.</p>")
+        parts.append(_img(d / "vae_direction.png", "Each face plus s times the direction, s = "
+                          + ", ".join(f"{s:+g}" for s in r["strengths"])))
+    return "".join(parts)
+
+
 def render(results: dict[str, dict], out: Path, server: str, studies: list[dict] | None = None) -> Path:
     parts = []
     for name, s in results.items():
@@ -107,9 +122,10 @@ def render(results: dict[str, dict], out: Path, server: str, studies: list[dict]
             v = s["vae"]
             parts.append(f"<h3>VAE on {v['n']} images: MSE {v['mse']:.4f}, PSNR {v['psnr']:.2f} dB, "
                          f"BCE {v['bce']:.1f}, KL {v['kl']:.1f}, ELBO {v['elbo']:.1f} (nats per image)</h3>")
-            parts += [_img(d / "vae_reconstructions.png", "Reconstructions"),
-                      _img(d / "vae_interpolations.png", "Interpolations"),
-                      _img(d / "vae_samples.png", "Samples from the prior")]
+            parts += [_img(d / "vae_reconstructions.png", "Reconstructions")]
+            parts.append(_faces(v, d) if v.get("pair_names") or v.get("direction") else
+                         _img(d / "vae_interpolations.png", "Interpolations"))
+            parts.append(_img(d / "vae_samples.png", "Samples from the prior"))
         if "embeddings" in s:
             e = s["embeddings"]
             parts.append(f"<h3>Embeddings ({e['images']} images, {e['per_class']} per class)</h3>")

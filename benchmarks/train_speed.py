@@ -75,9 +75,9 @@ def naive(name, args, ds, spec, n_images, dataset_cls=SeedsDataset):
     return seen / (time.perf_counter() - t0)
 
 
-def engine(name, args, ds, n_images, batch_size, augment):
+def engine(name, args, ds, n_images, batch_size, augment, precision="fp32"):
     cfg = resolve_config({"model": {"name": name, "args": args}, "epochs": 1, "batch_size": batch_size,
-                          "augment": {"crop_pad": 2, "hflip": True} if augment else {}})
+                          "augment": {"crop_pad": 2, "hflip": True} if augment else {}, "precision": precision})
     torch.manual_seed(0)
     model = create_model(name, **args)
     spec = preprocessing_spec(cfg, model)
@@ -99,6 +99,7 @@ COLUMNS = [  # (heading, pipeline, batch size, augment, allocator tuned as fit()
     ("numpy b32", "numpy", 32, False, False), ("engine b32", "engine", 32, False, True),
     ("engine b128", "engine", 128, False, True), ("engine b256", "engine", 256, False, True),
     ("+aug b128", "engine", 128, True, True), ("b128 glibc", "engine", 128, False, False),
+    ("bf16 b128", "engine-bf16", 128, False, True), ("bf16 b256", "engine-bf16", 256, False, True),
 ]
 
 
@@ -110,8 +111,8 @@ def measure(pipeline: str, run: int, batch: int, augment: bool, tuned: bool, n_i
     spec = preprocessing_spec(resolve_config({"model": {"name": name, "args": args}}), create_model(name, **args))
     if tuned:
         tune_allocator()
-    if pipeline == "engine":
-        return engine(name, args, ds, n_images, batch, augment)
+    if pipeline.startswith("engine"):
+        return engine(name, args, ds, n_images, batch, augment, "bf16" if pipeline.endswith("bf16") else "fp32")
     return naive(name, args, ds, spec, n_images, SeedsDataset if pipeline == "seeds" else PerSampleDataset)
 
 
@@ -143,14 +144,15 @@ def main():
                                      capture_output=True, text=True, check=True)
                 figures.setdefault((r, head), []).append(float(out.stdout.split()[-1]))
         print(f"  pass {rep + 1}/{a.repeats} done", file=sys.stderr, flush=True)
-    heads = [c[0] for c in COLUMNS] + ["b128 vs seeds", "b256 vs seeds"]
+    heads = [c[0] for c in COLUMNS] + ["b128 vs seeds", "b256 vs seeds", "best vs seeds"]
     print(f"{'model':26s} " + " ".join(f"{h:>13s}" for h in heads))
     for r in rows:
         name, args = RUNS[r]
         med = {h: float(np.median(figures[r, h])) for h, *_ in COLUMNS}
         label = name + (" " + ",".join(f"{k}={v}" for k, v in args.items()) if args else "")
         cells = [f"{med[h]:13.0f}" for h, *_ in COLUMNS] + \
-                [f"{med['engine b128'] / med['seeds b32']:12.1f}x", f"{med['engine b256'] / med['seeds b32']:12.1f}x"]
+                [f"{med['engine b128'] / med['seeds b32']:12.1f}x", f"{med['engine b256'] / med['seeds b32']:12.1f}x",
+                 f"{max(med[h] for h, p, *_ in COLUMNS if p.startswith('engine')) / med['seeds b32']:12.1f}x"]
         print(f"{label:26s} " + " ".join(cells), flush=True)
         spread = "; ".join(f"{h} {min(figures[r, h]):.0f}-{max(figures[r, h]):.0f}" for h, *_ in COLUMNS)
         print(f"{'':26s} range: {spread}")
@@ -159,7 +161,8 @@ def main():
           "numpy = per-sample numpy->tensor Dataset + DataLoader(batch 32); "
           "seeds tuned = the same with fit()'s allocator tuning; "
           "engine = training.engine.train_one_epoch on preloaded tensors with the allocator tuned as fit() does; "
-          "b128 glibc = the engine at batch 128 with glibc's default allocator")
+          "b128 glibc = the engine at batch 128 with glibc's default allocator; "
+          "bf16 = the engine with precision bf16 (autocast); best = the fastest engine column")
 
 
 if __name__ == "__main__":

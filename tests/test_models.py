@@ -7,10 +7,13 @@ from training.models import create_model, list_models, model_info
 
 CLASSIFIERS = list_models("classifier")
 VAES = list_models("vae")
+# Heavy models in a small form of the same architecture (ResNet-50: 1 Bottleneck per stage, narrow
+# groups); tests/test_longtail.py checks the full-size one's shapes and layers.
+SMALL = {"resnet50": {"blocks": [1, 1, 1, 1], "width_per_group": 16}}
 
 
 def _input(name: str, n: int = 4) -> torch.Tensor:
-    m = create_model(name)
+    m = create_model(name, **SMALL.get(name, {}))
     torch.manual_seed(0)
     return torch.rand(n, m.in_chans, m.img_size, m.img_size)
 
@@ -25,7 +28,7 @@ def test_registry_lists_the_whole_zoo():
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_classifier_contract(name):
-    model = create_model(name).eval()
+    model = create_model(name, **SMALL.get(name, {})).eval()
     x = _input(name)
     logits, feats = model.forward_intermediates(x)
     assert logits.shape == (4, model.num_classes)
@@ -44,7 +47,7 @@ def test_classifier_contract(name):
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_one_step_lowers_the_loss(name):
     torch.manual_seed(0)
-    model = create_model(name).train()
+    model = create_model(name, **SMALL.get(name, {})).train()
     x, y = _input(name, 16), torch.arange(16) % model.num_classes
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 

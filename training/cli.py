@@ -145,6 +145,9 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
               help="Keep a checkpoint when train accuracy first reaches this level, e.g. 0.95 (repeatable).")
 @click.option("--label-smoothing", type=float, default=0.0, help="Label smoothing for cross-entropy.")
 @click.option("--clip-grad-norm", type=float, default=None, help="Clip the gradient norm to this value.")
+@click.option("--ema", type=float, default=0.0, metavar="DECAY",
+              help="Keep an exponential moving average of the weights (e.g. 0.999 per step) and validate, "
+                   "checkpoint and export it [default: off]. Test-time flips: --model-arg tta_flip=true.")
 @click.option("--patience", type=int, default=None, help="Early stopping: epochs without validation improvement.")
 @click.option("--crop-pad", type=int, default=0, help="Augmentation: random crop after padding by this many pixels.")
 @click.option("--hflip", is_flag=True, help="Augmentation: random horizontal flips.")
@@ -189,7 +192,8 @@ def train(**o):
         "test_curves": o["test_curves"],
         "snapshots": {"epochs": list(o["snapshot_epoch"]), "train_acc": list(o["snapshot_train_acc"])},
         "augment": {"crop_pad": o["crop_pad"], "hflip": o["hflip"], "noise_std": o["noise_std"]},
-        "clip_grad_norm": o["clip_grad_norm"], "early_stopping": {"patience": o["patience"], "min_delta": 0.0},
+        "clip_grad_norm": o["clip_grad_norm"], "ema": o["ema"],
+        "early_stopping": {"patience": o["patience"], "min_delta": 0.0},
     }
     from .distributed import barrier, from_env, shutdown
     from .engine import fit
@@ -315,6 +319,8 @@ def train_all(profile, config, study, overrides, out, only, data_dir, time_budge
                      "epochs": m.get("epochs_run"), "wall_seconds": m.get("wall_seconds"),
                      "time_budget_s": m.get("time_budget_s"), "budget_used_s": m.get("budget_used_s"),
                      "exported": m.get("exported"), "export_seconds": m.get("export_seconds"),
+                     "train_images_per_s": m.get("train_images_per_s"),
+                     "seconds_to_val_acc": m.get("seconds_to_val_acc"),
                      "checkpoint": str(run_dir / "best.pt")})
         if main:
             write_json(out / "summary.json", {"profile": str(path), "time_budget_s": total, "runs": rows,
@@ -339,6 +345,12 @@ def format_summary(rows: list[dict]) -> str:
                      f"{num(r['best_val'], '9.4f', 9)} {num(r['epochs'], '6d', 6)} {num(r['wall_seconds'], '7.1f', 7)}"
                      + (f" {num(r.get('time_budget_s'), '8.1f', 8)}" if budgeted else "")
                      + f"  {r['exported'] or '-'}")
+    for r in rows:  # speed, and how soon validation accuracy reached 85% and 90%
+        if r.get("train_images_per_s"):
+            reached = r.get("seconds_to_val_acc") or {}
+            lines.append(f"{r['run']}: {r['train_images_per_s']:.0f} training images/s"
+                         + "".join(f"; val acc {float(k):.0%} after " + (f"{v:.0f} s" if v is not None else "-")
+                                   for k, v in reached.items()))
     return "\n".join(lines)
 
 

@@ -44,7 +44,10 @@ DEFAULTS: dict = {
     "name": None,            # run name (directory under --out); defaults to model[-dataset]
     "model": {"name": "lenet", "args": {}},
     "dataset": {"name": "fashion-mnist", "data_dir": None, "subset": None, "val_fraction": 0.1,
-                "longtail": False, "normalize": True},  # normalize false: pixels in [0, 1]
+                "longtail": False, "normalize": True,  # normalize false: pixels in [0, 1]
+                # longtail: true or {classes, keep}; rebalance: method none, augment (flipped and noised
+                # copies of the short classes) or oversample (repeated) - glassbox/data/longtail.py
+                "rebalance": {"method": "none", "noise_std": 0.05, "flip": 0.5}},
     "epochs": 10,
     "batch_size": 128,
     "eval_batch_size": 1024,
@@ -57,7 +60,10 @@ DEFAULTS: dict = {
     # name "ce" (cross-entropy) or "mse" (on one-hot targets; mse_on "logits" or "softmax");
     # penalize_bias: the L1/L2 penalties cover biases too (the reports'); vae_recon bce, mse or l1
     "loss": {"name": "ce", "mse_on": "logits", "label_smoothing": 0.0, "l1": 0.0, "l2": 0.0,
-             "penalize_bias": False, "vae_recon": "bce", "kl_weight": 1.0},
+             "penalize_bias": False, "vae_recon": "bce", "kl_weight": 1.0,
+             # for imbalanced classes, training loss only: class_weights "balanced" (n / (classes * count));
+             # logit_adjust tau: cross-entropy on logits + tau * log(class prior) (Menon et al. 2021)
+             "class_weights": "none", "logit_adjust": 0.0},
     "init": {"name": "default", "std": 0.01},
     # Knowledge distillation: teacher = a run folder, a .pt checkpoint or an exported model;
     # loss "mse" (on logits) or "kl" (softened by temperature); alpha weighs it against the labels.
@@ -68,6 +74,9 @@ DEFAULTS: dict = {
     "snapshots": {"epochs": [], "train_acc": []},
     "augment": {"crop_pad": 0, "hflip": False, "noise_std": 0.0},
     "clip_grad_norm": None,
+    # Exponential moving average of the weights (and BatchNorm statistics), decay per step (0: off).
+    # With it, validation, best.pt, the test score and the export use the averaged weights.
+    "ema": 0.0,
     "early_stopping": {"patience": None, "min_delta": 0.0},
     "export": True,
     # Wall-time budget of the run (seconds, or "90s", "5m", "1h"): the schedule runs on the fraction
@@ -89,8 +98,12 @@ CHOICES = {  # config key -> allowed values: checked before any data is read
     ("optimizer", "name"): OPTIMIZERS, ("schedule", "name"): SCHEDULES, ("init", "name"): INITS,
     ("loss", "name"): ("ce", "mse"), ("loss", "mse_on"): ("logits", "softmax"),
     ("loss", "vae_recon"): ("bce", "mse", "l1"), ("distill", "loss"): ("mse", "kl"),
+    ("loss", "class_weights"): ("none", "balanced"),
 }
 PRECISIONS = ("fp32", "bf16")
+# A run's optional [analysis] table: what ``analyze vae`` draws for it by default (the faces studies
+# name their people here; see analysis/faces.py). Recorded with the config, so the manifest carries it.
+ANALYSIS_KEYS = ("pair_names", "direction", "direction_faces", "strengths", "alphas", "show")
 
 
 class ConfigError(ValueError):
@@ -147,8 +160,19 @@ def resolve_config(run: dict, defaults: dict | None = None) -> dict:
         raise ConfigError("distillation needs a classifier student")
     if cfg["distill"]["teacher"] and not 0 <= float(cfg["distill"]["alpha"]) <= 1:
         raise ConfigError("distill.alpha must be between 0 and 1")
+    if not 0 <= float(cfg["ema"]) < 1:
+        raise ConfigError(f"ema (the moving average's decay per step) must be in [0, 1), not {cfg['ema']}")
     if not 0 < float(cfg["dataset"]["val_fraction"]) < 1:
         raise ConfigError("dataset.val_fraction must be between 0 and 1")
+    from glassbox.data import longtail_spec, rebalance_spec
+    try:
+        longtail_spec(cfg["dataset"]["longtail"]), rebalance_spec(cfg["dataset"]["rebalance"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not float(cfg["loss"]["logit_adjust"]) >= 0:
+        raise ConfigError("loss.logit_adjust (tau) must be >= 0")
+    if cfg["loss"]["name"] != "ce" and (cfg["loss"]["class_weights"] != "none" or float(cfg["loss"]["logit_adjust"])):
+        raise ConfigError("loss.class_weights and loss.logit_adjust apply to the cross-entropy loss (loss.name ce)")
     from .budget import parse_duration
     cfg["time_budget"] = parse_duration(cfg["time_budget"])
     raw = cfg["cost"]
@@ -163,6 +187,8 @@ def resolve_config(run: dict, defaults: dict | None = None) -> dict:
     if cfg["precision"] == "bf16" and cfg["task"] == "vae" and cfg["loss"]["vae_recon"] == "bce":
         raise ConfigError("precision bf16 cannot train a VAE with the bce reconstruction loss (CUDA autocast refuses "
                           "binary_cross_entropy); use loss.vae_recon mse or l1, or precision fp32")
+    if unknown := sorted(set(cfg.get("analysis") or {}) - set(ANALYSIS_KEYS)):
+        raise ConfigError(f"unknown analysis keys {', '.join(unknown)}; known: {', '.join(ANALYSIS_KEYS)}")
     if cfg["name"] is None:
         ds = cfg["dataset"]["name"]
         cfg["name"] = name if ds == "fashion-mnist" else f"{name}-{ds}"
@@ -174,6 +200,8 @@ def set_dotted(d: dict, key: str, value) -> dict:
     *path, last = key.split(".")
     node = d
     for k in path:
+        if k in ("model", "dataset") and isinstance(node.get(k), str):  # the short form names it
+            node[k] = {"name": node[k]}
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{key}: {k} is not a table")

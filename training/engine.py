@@ -38,6 +38,7 @@ from .budget import Budget
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import ConfigError
 from .distributed import SINGLE, Dist
+from .ema import EMA
 from .models import create_model, model_info
 from .tasks import Totals, task_of
 
@@ -103,10 +104,10 @@ def preprocessing_spec(cfg: dict, model: nn.Module) -> dict:
 
 def load_split(cfg: dict, split: str) -> D.ArrayDataset:
     ds_cfg = cfg["dataset"]
-    ds = D.load_dataset(ds_cfg["name"], split=split, data_dir=ds_cfg.get("data_dir"))
+    ds = D.load_dataset(ds_cfg["name"], split=split, data_dir=ds_cfg.get("data_dir"), **D.reader_options(ds_cfg))
     if split == "train":
         if ds_cfg.get("longtail"):
-            ds = D.longtail(ds, seed=cfg["seed"])
+            ds = D.longtail(ds, **D.longtail_spec(ds_cfg["longtail"]), seed=cfg["seed"])
         if ds_cfg.get("subset"):
             ds = D.random_subset(ds, int(ds_cfg["subset"]), seed=cfg["seed"])
     elif ds_cfg.get("test_subset"):
@@ -240,7 +241,7 @@ def train_one_epoch(model, opt, sched, x, y, cfg, gen, epoch: int, progress: boo
         if progress and i % 20 == 0:
             bar.set_postfix({k.removeprefix("train_"): f"{v:.4f}" for k, v in totals.summary("train").items()})
     distributed.reduce_sums(totals.t, dist)
-    return totals.summary("train")
+    return {**totals.summary("train"), "train_images": int(totals.t["n"])}
 
 
 @torch.inference_mode()
@@ -331,6 +332,12 @@ class Run:
     dist: Dist = SINGLE                # this process's place in a torchrun job
     net: nn.Module | None = None       # what the training steps run: DDP over ``model`` under torchrun
     budget: Budget | None = None       # with a time_budget (training.budget)
+    ema: EMA | None = None             # with cfg["ema"]: the averaged weights (training.ema)
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are validated, checkpointed as ``model`` and exported."""
+        return self.model if self.ema is None else self.ema.module
 
 
 def _resumed_config(cfg: dict, state: dict) -> dict:
@@ -363,7 +370,9 @@ def prepare(cfg: dict, out: Path, resume: bool, log=print, dist: Dist = SINGLE,
     spec = preprocessing_spec(cfg, model)
     train_ds, val_ds = D.train_val_split(load_split(cfg, "train"), float(cfg["dataset"]["val_fraction"]),
                                          seed=cfg["seed"])
+    train_ds = D.rebalance(train_ds, cfg["dataset"].get("rebalance"), seed=cfg["seed"])  # after the split: no leak
     cfg["dataset"] = {**cfg["dataset"], "classes": list(train_ds.classes), "channels": spec["channels"],
+                      "class_counts": np.bincount(train_ds.labels, minlength=len(train_ds.classes)).tolist(),
                       "size": spec["size"], "mean": spec["mean"], "std": spec["std"],
                       "train_images": len(train_ds), "val_images": len(val_ds),
                       "val_fingerprint": fingerprint(val_ds)}
@@ -397,13 +406,21 @@ def prepare(cfg: dict, out: Path, resume: bool, log=print, dist: Dist = SINGLE,
     if cfg["distill"]["teacher"]:
         run.teacher = teacher_outputs(cfg, train_ds).to(device)
         log(f"{cfg['name']}: distilling from {cfg['distill']['teacher']} ({cfg['distill']['loss']})")
+    if cfg["ema"]:
+        run.ema = EMA(model, cfg["ema"])
+        run.ema.follow(opt, model)
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))
+        if run.ema is not None:
+            run.ema.module.load_state_dict(state["model"])
+            run.ema.steps = int(state.get("ema_steps", 0))
         opt.load_state_dict(state["optimizer"])
         run.sched.load_state_dict(state["scheduler"])
         # ``rng`` holds the batch-order generator's state, so a resumed run draws the same batches
         # (and augmentations) as an uninterrupted one would have.
         run.gen.set_state(state["rng"].to(run.gen.device) if run.gen.device.type == "cpu" else state["rng"])
+        if "torch_rng" in state:  # dropout's random numbers continue too (the global CPU generator)
+            torch.set_rng_state(state["torch_rng"])
         run.history, run.start_epoch = list(state["history"]), int(state["epoch"]) + 1
         run.best, run.best_epoch = state["metrics"].get("best_val"), state["metrics"].get("best_epoch", 0)
         run.snapshots = list(state.get("snapshots", []))
@@ -441,10 +458,10 @@ def _budget_allows(run: Run, epoch: int, log) -> bool:
 def _validate(run: Run) -> dict:
     """This epoch's validation scores (and test scores for the curves); the budget learns their cost."""
     te = time.perf_counter()
-    distributed.sync_buffers(run.model, run.dist)  # BatchNorm statistics: rank 0's, as its checkpoint holds
-    row = evaluate(run.model, *run.val, run.cfg, dist=run.dist)
+    distributed.sync_buffers(run.scored, run.dist)  # BatchNorm statistics: rank 0's, as its checkpoint holds
+    row = evaluate(run.scored, *run.val, run.cfg, dist=run.dist)
     if run.cfg["test_curves"]:  # for the curves only: model selection stays on validation
-        row.update(evaluate(run.model, *run.test, run.cfg, prefix="test", dist=run.dist))
+        row.update(evaluate(run.scored, *run.test, run.cfg, prefix="test", dist=run.dist))
     if run.budget is not None:
         run.budget.note_eval(time.perf_counter() - te)
     return row
@@ -459,7 +476,9 @@ def train_epochs(run: Run, progress: bool, log) -> None:
         te = time.perf_counter()
         stop = None if run.budget is None else (lambda: run.budget.out_of_time)
         row = {"epoch": epoch, **train_one_epoch(run.net, run.opt, run.sched, *run.train, cfg, run.gen, epoch,
-                                                 progress, run.teacher, run.dist, stop), **_validate(run)}
+                                                 progress, run.teacher, run.dist, stop)}
+        row["train_seconds"] = round(time.perf_counter() - te, 2)
+        row.update(_validate(run))
         row["lr"] = run.opt.param_groups[0]["lr"]
         row["seconds"] = round(time.perf_counter() - te, 2)
         run.history.append(row)
@@ -471,11 +490,15 @@ def train_epochs(run: Run, progress: bool, log) -> None:
         for tag in _snapshot_tags(run, row):
             run.snapshots.append({"tag": tag, "epoch": epoch, "train_acc": row.get("train_acc"),
                                   "checkpoint": f"snapshots/{tag}.pt"})
-        ckpt = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+        ckpt = {"model": run.scored.state_dict(), "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(),
                 "epoch": epoch, "metrics": {"val_metric": task.val_key, "best_val": run.best,
                                             "best_epoch": run.best_epoch},
-                "history": run.history, "config": cfg, "rng": run.gen.get_state().cpu(), "snapshots": run.snapshots,
+                "history": run.history, "config": cfg, "rng": run.gen.get_state().cpu(),
+                "torch_rng": torch.get_rng_state(), "snapshots": run.snapshots,
                 "budget": None if run.budget is None else run.budget.state(run.sched.last_epoch)}
+        if run.ema is not None:  # ``model`` holds the averaged weights; resume needs the trained ones too
+            ckpt.update(train_model=run.model.state_dict(), ema_steps=run.ema.steps)
         if run.dist.is_main:  # one writer; the other ranks hold the same state
             for s in run.snapshots:
                 if s["epoch"] == epoch:
@@ -488,7 +511,8 @@ def train_epochs(run: Run, progress: bool, log) -> None:
             if time.perf_counter() - run.drawn > 30:
                 plots.save(plots.curves_figure(run.history, cfg["name"]), run.out / "curves.png")
                 run.drawn = time.perf_counter()
-        shown = {k: round(v, 4) for k, v in row.items() if k not in ("epoch", "lr", "seconds")}
+        shown = {k: round(v, 4) for k, v in row.items()
+                 if k not in ("epoch", "lr", "seconds", "train_seconds", "train_images")}
         log(f"{cfg['name']} epoch {epoch}/{cfg['epochs']} {shown} {row['seconds']:.1f}s" + (" *" if improved else ""))
         if not math.isfinite(row["train_loss"]):
             log(f"{cfg['name']}: training diverged (loss {row['train_loss']}), stopped")
@@ -496,6 +520,25 @@ def train_epochs(run: Run, progress: bool, log) -> None:
         if patience and epoch - run.best_epoch >= int(patience):
             log(f"{cfg['name']}: early stop, no {task.val_key} improvement for {patience} epochs")
             break
+
+
+def speed(history: list[dict], levels=(0.85, 0.9)) -> dict:
+    """Training images per second (the epochs' training time only) and, for classifiers, the
+    seconds of epochs (training and validation) until validation accuracy first reached each level."""
+    rows = [r for r in history if r.get("train_seconds") and "train_images" in r]
+    if not rows:
+        return {}
+    out = {"train_images_per_s": round(sum(r["train_images"] for r in rows) / sum(r["train_seconds"] for r in rows),
+                                       1)}
+    if all("val_acc" in r for r in history):
+        elapsed, reached = 0.0, {}
+        for r in history:
+            elapsed += r["seconds"]
+            for level in levels:
+                if r["val_acc"] >= level and str(level) not in reached:
+                    reached[str(level)] = round(elapsed, 1)
+        out["seconds_to_val_acc"] = {str(level): reached.get(str(level)) for level in levels}
+    return out
 
 
 def finish(run: Run, t0: float, log) -> dict:
@@ -506,10 +549,12 @@ def finish(run: Run, t0: float, log) -> dict:
     x, y = run.test if run.test is not None else to_tensors(load_split(cfg, "test"), run.spec, device)
     metrics = {**best_ckpt["metrics"], **evaluate(run.model, x, y, cfg, prefix="test"), "test_images": len(y),
                "epochs_run": len(run.history), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    metrics.update(speed(run.history))
     if cfg["task"] == "classifier":
         pred = predict(run.model, x, cfg).argmax(1)
         metrics["per_class_acc"] = [float((pred[y == c] == c).float().mean()) if (y == c).any() else None
                                     for c in range(len(cfg["dataset"]["classes"]))]
+        metrics.update(D.head_tail_accuracy(y.cpu().numpy(), pred.cpu().numpy(), cfg["dataset"].get("longtail")))
         metrics.update(weight_measures(run.model))
         np.save(run.out / "first_layer.npy", first_layer(run.model))
     if run.snapshots:

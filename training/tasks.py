@@ -28,13 +28,34 @@ def squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (out - target).pow(2).sum() / out.shape[0]
 
 
-def label_loss(logits: torch.Tensor, y: torch.Tensor, lc: dict) -> torch.Tensor:
-    """Cross-entropy, or the squared error against one-hot targets (as the reports' linear models
-    and MLP trained): on the logits, or on the softmax with ``mse_on = "softmax"``."""
+def label_loss(logits: torch.Tensor, y: torch.Tensor, lc: dict, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (with optional per-class ``weight``), or the squared error against one-hot
+    targets (as the reports' linear models and MLP trained): on the logits, or on the softmax with
+    ``mse_on = "softmax"``."""
     if lc["name"] == "mse":
         out = logits.softmax(1) if lc.get("mse_on") == "softmax" else logits
         return squared_error(out, F.one_hot(y, logits.shape[1]).to(out.dtype))
-    return F.cross_entropy(logits, y, label_smoothing=float(lc["label_smoothing"]))
+    return F.cross_entropy(logits, y, weight=weight, label_smoothing=float(lc["label_smoothing"]))
+
+
+def imbalance_terms(logits: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For imbalanced training sets, from the training split's ``dataset.class_counts``:
+    ``loss.logit_adjust`` tau adds tau * log(prior) to the logits the loss sees (Menon et al.,
+    "Long-tail learning via logit adjustment"), ``loss.class_weights = "balanced"`` weighs each
+    class by n / (classes * count) (scikit-learn's "balanced"). The model's own logits, its
+    predictions and the validation/test losses are untouched (``classifier_loss`` applies this only while
+    the model is in training mode)."""
+    lc, counts = cfg["loss"], cfg["dataset"].get("class_counts")
+    tau, balanced = float(lc.get("logit_adjust", 0.0)), lc.get("class_weights", "none") == "balanced"
+    if not (tau or balanced):
+        return logits, None
+    if not counts or len(counts) != logits.shape[1]:
+        raise ValueError("loss.class_weights / loss.logit_adjust need dataset.class_counts (the engine records them)")
+    n = torch.tensor(counts, dtype=torch.float32, device=logits.device)
+    weight = torch.where(n > 0, n.sum() / (len(n) * n.clamp(min=1)), 0.0) if balanced else None
+    if tau:
+        logits = logits + tau * torch.log(n.clamp(min=1) / n.sum()).to(logits.dtype)
+    return logits, weight
 
 
 def penalty(model: nn.Module, lc: dict) -> torch.Tensor | float:
@@ -64,7 +85,8 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, dc: dict) -> torch
 def classifier_loss(model, x, y, cfg, teacher=None):
     lc = cfg["loss"]
     logits = model(x)
-    labels = label_loss(logits, y, lc)
+    adjusted, weight = imbalance_terms(logits, cfg) if model.training else (logits, None)
+    labels = label_loss(adjusted, y, lc, weight)
     if teacher is not None:  # distillation: the label loss is still reported, for comparison
         alpha = float(cfg["distill"]["alpha"])
         loss = alpha * distill_loss(logits, teacher, cfg["distill"]) + (1 - alpha) * labels

@@ -12,13 +12,17 @@ imported inside a function, only when asked for.)
 
 Modules: ``base`` (ArrayDataset, errors), ``registry`` (DATASETS, dataset_info, where to find
 them), ``datasets`` (load_dataset, the search order), ``idx``, ``cifar``, ``imagefolder``,
-``lfw`` (the readers), ``cache`` (decoded-image npz cache), ``splits``, ``transforms``.
+``lfw`` (the readers), ``cache`` (decoded-image npz cache), ``splits``, ``longtail`` (long-tailed sets,
+rebalancing, head/tail accuracy), ``transforms``.
 """
 from .base import ArrayDataset, DatasetCorrupt, DatasetError, DatasetNotFound
-from .datasets import load_dataset
+from .datasets import load_dataset, reader_options
+from .longtail import head_tail_accuracy, longtail_spec, rebalance, rebalance_spec
 from .registry import DATASETS, dataset_info
 from .splits import class_balanced_sample, longtail, random_subset, train_val_split
 from .transforms import preprocess
 
 __all__ = ["DATASETS", "ArrayDataset", "DatasetCorrupt", "DatasetError", "DatasetNotFound", "dataset_info",
-           "load_dataset", "class_balanced_sample", "longtail", "random_subset", "train_val_split", "preprocess"]
+           "load_dataset", "reader_options",
+           "class_balanced_sample", "longtail", "random_subset", "train_val_split", "preprocess",
+           "head_tail_accuracy", "longtail_spec", "rebalance", "rebalance_spec"]

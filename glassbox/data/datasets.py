@@ -37,7 +37,7 @@ from .base import ArrayDataset, DatasetCorrupt, DatasetNotFound
 from .cifar import TARBALL, load_pickles
 from .idx import has_idx, load_idx_pair
 from .imagefolder import read_imagefolder
-from .lfw import DEFAULT_CROP, FOLDERS, NPZ, load_lfw_folders, load_lfw_npz, min_images, split_per_person
+from .lfw import DEFAULT_CROP, FOLDERS, NPZ, crop_npz, load_lfw_folders, load_lfw_npz, min_images, split_per_person
 from .registry import HOW_TO_GET, SUBDIRS, SYSTEM_DIRS, dataset_info
 
 # Reader options each dataset takes (images of the others are resized by ``preprocess``, not here).
@@ -85,10 +85,14 @@ def _read_lfw(name: str, d: Path, split: str, options: dict) -> ArrayDataset | N
         npz = next((d / f for f in NPZ[name] if (d / f).is_file()), None)
         # next(glob) stops at the first match: no walk over 13,233 files just to look
         folder = next((d / f for f in FOLDERS if (d / f).is_dir() and next((d / f).glob("*/*.jpg"), None)), None)
-    if "crop" in options and folder is None and npz is not None:
-        raise DatasetNotFound(f"{name}: crop={options['crop']!r} needs the per-person JPEG folders (lfw/ or "
-                              f"lfw-deepfunneled/), but {d} only has {npz.name}, which is already cropped")
-    if npz is not None and "crop" not in options:
+    if npz is not None and folder is None and "crop" in options:  # a tighter crop of the npz's own
+        x, y, names = load_lfw_npz(npz)
+        try:
+            x = crop_npz(x, options["crop"], size)
+        except ValueError as e:
+            raise DatasetNotFound(f"{name}: {e}; that crop needs the per-person JPEG folders (lfw/ or "
+                                  f"lfw-deepfunneled/), but {d} only has {npz.name}") from None
+    elif npz is not None and "crop" not in options:
         x, y, names = load_lfw_npz(npz)
     elif folder is not None:
         x, y, names = load_lfw_folders(folder, size, options.get("crop", DEFAULT_CROP),
@@ -137,6 +141,15 @@ def _download(name: str) -> Path | None:
     except Exception:  # no network, proxy, checksum, disk full: fall through to the clear error
         return None
     return root / spec[1]
+
+
+def reader_options(ds_cfg: dict) -> dict:
+    """The reader options a run config's ``dataset`` table sets (LFW: ``size``, ``crop``), for
+    ``load_dataset(name, split, **reader_options(cfg["dataset"]))``; unset (None) keys are left out."""
+    out = {k: ds_cfg[k] for k in ("size", "crop") if ds_cfg.get(k) is not None and k in OPTIONS.get(ds_cfg["name"], ())}
+    if isinstance(out.get("size"), (list, tuple)):  # the resolved config records [H, W]
+        out["size"] = int(out["size"][0])
+    return out
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,

@@ -2,13 +2,21 @@
 
     x, y, names = load_lfw_npz(Path("lfw/lfw-deepfunneled-32.npz"))           # uint8 [13233, 32, 32, 3]
     x, y, names = load_lfw_folders(Path("lfw-deepfunneled"), size=64, crop=150)
+    x = crop_npz(x, crop=120, size=32)    # the centre 120 of the 250 original, from a 150-crop npz
     idx = split_per_person(y, "test", seed=0)                                  # the held-out 20%
+    load_dataset("lfw", crop=120, size=32)  # the same through the dataset registry (config: dataset.crop/size)
 
 Folders: ``lfw/<Person_Name>/<Person_Name>_0001.jpg`` (or ``lfw-deepfunneled/``), 250x250 RGB.
 ``crop`` keeps the face before resizing to ``size``: an int is the side of a centred square, a
 4-tuple a PIL box (left, top, right, bottom), None keeps the whole image. The default, a centred
 150 square (pixels 50..200), is how the npz copies in the shared test data were made. Decoding
-13,233 JPEGs takes a while, so the result is cached like CIFAR-10's (see ``cache.py``).
+13,233 JPEGs takes a while, so the result is cached like CIFAR-10's (see ``cache.py``), keyed by
+the folder, ``size`` and ``crop``.
+
+The npz copies are already the centred 150 square of the 250x250 originals; ``crop_npz`` takes a
+tighter crop from them (any box inside pixels 50..200 of the original, mapped onto the npz's pixels,
+then resized), so ``crop`` works with the npz too, at the npz's resolution. A crop reaching outside
+that square needs the JPEG folders.
 
 Classes are the person names sorted (label i = names[i]). LFW has no official train/test split
 for identification, so ``split_per_person`` makes a seeded, per-person 80/20 one: deterministic for
@@ -26,6 +34,7 @@ from .base import DatasetCorrupt
 from .splits import stratified_mask
 
 DEFAULT_CROP = 150
+ORIGINAL = 250  # the side of every LFW JPEG
 NPZ = {"lfw": ["lfw-deepfunneled-32.npz"],
        # the min20 npz, else the full one filtered to people with at least 20 images
        "lfw-min20": ["lfw-deepfunneled-min20-64.npz", "lfw-deepfunneled-32.npz"]}
@@ -55,6 +64,31 @@ def crop_box(crop, width: int, height: int) -> tuple[int, int, int, int] | None:
     if len(box) != 4:
         raise ValueError(f"crop must be an int (centred square side) or a (left, top, right, bottom) box, got {crop!r}")
     return box
+
+
+def crop_npz(x: np.ndarray, crop, size: int, source_crop=DEFAULT_CROP) -> np.ndarray:
+    """Images already cropped to ``source_crop`` of the 250x250 original (the npz copies), cropped
+    further to ``crop`` (in the original's pixels) and resized to ``size``; ValueError when ``crop``
+    reaches outside ``source_crop``."""
+    src, box = crop_box(source_crop, ORIGINAL, ORIGINAL), crop_box(crop, ORIGINAL, ORIGINAL)
+    if box is None or src is None or box[0] < src[0] or box[1] < src[1] or box[2] > src[2] or box[3] > src[3] \
+            or box[0] >= box[2] or box[1] >= box[3]:
+        raise ValueError(f"crop {crop!r} is not inside the npz's centred {source_crop!r} crop (pixels {src} of the "
+                         f"{ORIGINAL}x{ORIGINAL} original)")
+    h, w = x.shape[1:3]
+    if box == src and (h, w) == (size, size):
+        return x
+    sx, sy = w / (src[2] - src[0]), h / (src[3] - src[1])
+    fbox = ((box[0] - src[0]) * sx, (box[1] - src[1]) * sy, (box[2] - src[0]) * sx, (box[3] - src[1]) * sy)
+    whole = tuple(round(v) for v in fbox)
+    exact = np.allclose(fbox, whole, atol=1e-6)  # whole pixels: crop, then resize, as from the JPEGs
+    out = np.empty((len(x), size, size, 3), np.uint8)
+    for i, im in enumerate(x):  # one image at a time, as PIL works
+        img = Image.fromarray(im)
+        img = img.crop(whole).resize((size, size), Image.BILINEAR) if exact else \
+            img.resize((size, size), Image.BILINEAR, box=fbox)  # a fractional box, resampled exactly
+        out[i] = np.asarray(img)
+    return out
 
 
 def load_lfw_folders(root: Path, size: int, crop=DEFAULT_CROP, use_cache: bool = True):

@@ -91,7 +91,7 @@ def reference_gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -
     handle = model.stages[model.cam_layer].register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            logits = model(x)
+            logits = model.forward_once(x)  # the image's own pass, also with test-time flips (tta_flip)
             logits.gather(1, target[:, None]).sum().backward()
     finally:
         handle.remove()

@@ -3,7 +3,7 @@
     from training.models import create_model, list_models
     print(list_models())
 """
-from . import convnets, lenet, linear, resnet, rnn, vae  # noqa: F401  (registration side effects)
+from . import convnets, lenet, linear, resnet, rnn, speednet, vae  # noqa: F401  (registration side effects)
 from .base import StagedClassifier
 from .registry import create_model, list_models, model_info, register_model
 from .vae import VAE

@@ -13,6 +13,9 @@ import torch.nn as nn
 
 class StagedClassifier(nn.Module):
     task = "classifier"
+    # Test-time flip augmentation (model arg ``tta_flip``, set by ``create_model``): in eval mode the
+    # logits are the mean of the image's and its mirror's, so the exported graphs serve it too.
+    tta_flip = False
 
     def __init__(self, stages: list[tuple[str, nn.Module]], *, num_classes: int, in_chans: int,
                  img_size: int, cam_layer: str | None):
@@ -34,18 +37,28 @@ class StagedClassifier(nn.Module):
         except ValueError:
             raise KeyError(f"unknown layer {layer!r}; layers: {', '.join(self.layers)}") from None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_once(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of one pass over ``x`` (no test-time flip; Grad-CAM explains this one)."""
         for stage in self.stages.values():
             x = stage(x)
         return x
 
+    def _with_mirror(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.tta_flip and not self.training:
+            return (logits + self.forward_once(x.flip(-1))) / 2
+        return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._with_mirror(self.forward_once(x), x)
+
     def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        feats = {}
+        """The logits and every layer's output (layers of the image itself, not its mirror)."""
+        feats, h = {}, x
         for name, stage in self.stages.items():
-            x = stage(x)
-            feats[name] = x
+            h = stage(h)
+            feats[name] = h
         feats.pop(name)  # the last stage is the logits, not a layer
-        return x, feats
+        return self._with_mirror(h, x), feats
 
     def forward_to(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         stop = self._index(layer)

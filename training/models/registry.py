@@ -49,12 +49,19 @@ def model_info(name: str) -> ModelEntry:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a model; records ``model.arch`` and the resolved ``model.args`` for checkpoints."""
+    """Build a model; records ``model.arch`` and the resolved ``model.args`` for checkpoints.
+    Every classifier also takes ``tta_flip=True``: test-time flip augmentation (models/base.py)."""
     entry = model_info(name)
     args = {**entry.defaults, **kwargs}
     if entry.default_size is not None:
         args.setdefault("img_size", entry.default_size)
-    model = entry.fn(**args)
+    fn_args = dict(args)
+    tta = bool(fn_args.pop("tta_flip", False))
+    if tta and entry.task != "classifier":
+        raise ValueError("tta_flip (test-time flip augmentation) is for classifiers")
+    model = entry.fn(**fn_args)
+    if tta:
+        model.tta_flip = True
     model.arch = name
     model.args = args
     return model

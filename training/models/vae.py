@@ -1,7 +1,8 @@
 """Variational autoencoders: a convolutional VAE and an MLP VAE.
 
 Both map an image in [0, 1] to (mean, log-variance) and a latent back to an image in [0, 1]
-(sigmoid), so BCE or MSE reconstruction losses apply; ``training.engine`` adds the KL term.
+(sigmoid), so BCE, MSE or L1 reconstruction losses apply (``loss.vae_recon``); ``training.tasks``
+adds the KL term.
 The conv VAE works for 1- or 3-channel inputs whose size is divisible by 4 (28, 32, 64 px).
 """
 from __future__ import annotations
@@ -49,14 +50,20 @@ class _Unflatten(nn.Module):
 
 
 @register_model("cvae", task="vae")  # any size divisible by 4, the dataset's
-def cvae(in_chans: int = 1, img_size: int = 28, latent_dim: int = 16, num_classes: int | None = None):
-    """Convolutional VAE: strided convs (16, 32) -> mean/log-variance; mirrored transposed convs."""
+def cvae(in_chans: int = 1, img_size: int = 28, latent_dim: int = 16, num_classes: int | None = None,
+         kernel: int = 4):
+    """Convolutional VAE: strided convs (16, 32) -> mean/log-variance; mirrored transposed convs.
+
+    ``kernel`` is the encoder's kernel size (4, or 3 as report 000 wrote it); stride 2 and padding 1
+    halve the size either way, and the decoder keeps its 4x4 transposed convs."""
     if img_size % 4:
         raise ValueError(f"cvae needs an input size divisible by 4, got {img_size}")
+    if kernel not in (3, 4):
+        raise ValueError(f"cvae's encoder kernel must be 3 or 4 (stride 2, padding 1 halve the size), got {kernel}")
     s = img_size // 4
     enc = nn.Sequential(
-        nn.Conv2d(in_chans, 16, 4, 2, 1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(), nn.Flatten())
+        nn.Conv2d(in_chans, 16, kernel, 2, 1), nn.ReLU(),
+        nn.Conv2d(16, 32, kernel, 2, 1), nn.ReLU(), nn.Flatten())
     dec = nn.Sequential(
         nn.Linear(latent_dim, 32 * s * s), nn.ReLU(), _Unflatten((32, s, s)),
         nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ReLU(),
