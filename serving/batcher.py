@@ -8,7 +8,8 @@ optionally waits a little for more work, adaptively: only under concurrent load 
 requests queued, or the previous batch merged several), never for a lone request. Jobs ask for
 any outputs of the graph; the batch runs their union. The queue is bounded: a full queue refuses
 at once (RESOURCE_EXHAUSTED). A job whose deadline has passed is dropped before compute
-(DEADLINE_EXCEEDED); a cancelled call's job is skipped.
+(DEADLINE_EXCEEDED); a cancelled call's job is skipped. Both are counted
+(``glassbox_dropped_jobs_total{graph, reason="deadline"|"cancelled"}``).
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ class Batcher:
         # The gauge's child is looked up once: ``labels()`` on every request costs a lock.
         self.gauge = metrics.queue_depth.labels(graph.triton_name) if metrics else None
         self.sizes = metrics.batch_size.labels(graph.triton_name) if metrics else None
+        self.dropped = {"deadline": 0, "cancelled": 0}  # jobs dropped before compute, by reason
+        self.drop_counters = {r: metrics.dropped.labels(graph.triton_name, r) for r in self.dropped} if metrics else {}
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -88,13 +91,20 @@ class Batcher:
         while self.queue and (not jobs or images + self.queue[0].n <= self.max_batch):
             job = self.queue.popleft()
             if job.future.done():  # cancelled by the client: no work
+                self._drop("cancelled")
                 continue
             if job.deadline is not None and now > job.deadline:
                 job.future.set_exception(DeadlineExceeded("deadline passed while queued; dropped before compute"))
+                self._drop("deadline")
                 continue
             jobs.append(job)
             images += job.n
         return jobs
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        if reason in self.drop_counters:
+            self.drop_counters[reason].inc()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by method, model and status; latency; batch size; queue depth.
+"""Prometheus metrics: requests by method, model and status; latency; batch size; queue depth; jobs
+dropped before compute (their deadline passed while queued, or the client cancelled).
 
 With ``serve --workers N`` each worker process records into prometheus_client's multiprocess files
 (``PROMETHEUS_MULTIPROC_DIR``, a fresh folder the parent sets for the workers before they start) and the
@@ -21,6 +22,9 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.queue_depth = Gauge("glassbox_queue_depth", "Requests waiting per graph", ["graph"],
                                  registry=self.registry, multiprocess_mode="livesum")
+        self.dropped = Counter("glassbox_dropped_jobs", "Queued jobs dropped before compute: reason deadline (it "
+                               "passed while queued) or cancelled (the client went away)", ["graph", "reason"],
+                               registry=self.registry)
 
     def serve_http(self, port: int, host: str = "127.0.0.1"):
         return start_http_server(port, addr=host, registry=self.registry)

@@ -222,6 +222,20 @@ def test_tritonclient_v2(server, repository, images):
     cam = c.infer("lenet.gradcam", [inp, tgt]).as_numpy("cam")
     want = ort_run(repository, "lenet", "gradcam", {"input": x, "target": np.arange(8)})["cam"]
     np.testing.assert_allclose(cam, want, rtol=1e-5, atol=1e-6)
+    # The VAE's two graphs over v2 gRPC: encode real images, decode their means, as onnxruntime does.
+    xv = preprocess(images[:8], manifest(repository, "cvae")["preprocessing"])
+    enc_in = tc.InferInput("input", list(xv.shape), "FP32")
+    enc_in.set_data_from_numpy(xv)
+    enc = c.infer("cvae.encoder", [enc_in])
+    ref_enc = ort_run(repository, "cvae", "encoder", {"input": xv})
+    for name in ("mean", "logvar"):
+        np.testing.assert_allclose(enc.as_numpy(name), ref_enc[name], rtol=1e-5, atol=1e-6)
+    lat = tc.InferInput("latent", list(ref_enc["mean"].shape), "FP32")
+    lat.set_data_from_numpy(enc.as_numpy("mean"))
+    image = c.infer("cvae.decoder", [lat]).as_numpy("image")
+    assert image.shape == (8, 1, 28, 28)
+    np.testing.assert_allclose(image, ort_run(repository, "cvae", "decoder", {"latent": ref_enc["mean"]})["image"],
+                               rtol=1e-5, atol=1e-6)
     from tritonclient.utils import InferenceServerException
     with pytest.raises(InferenceServerException, match="unknown model"):
         c.infer("nope", [inp])
@@ -267,6 +281,7 @@ def test_batcher_drops_expired_and_cancelled_jobs_and_bounds_its_queue():
         assert (await first)["y"][0, 0] == 2
         with pytest.raises(DeadlineExceeded):
             await expired
+        assert b.dropped == {"deadline": 1, "cancelled": 1}, b.dropped  # each counted under its reason
         # Requests queued while a batch computes merge into the next run, each gets its own rows back.
         blocker = asyncio.ensure_future(b.submit({"input": one}, ["y"], 1, None))
         await asyncio.sleep(0.05)
@@ -466,21 +481,61 @@ def test_client_splits_large_batches(client, repository, images):
     assert cams.cams.shape == (300, 28, 28) and list(cams.targets[250:253]) == [0, 1, 2]
 
 
-def test_deadline_behind_a_busy_queue(server, repository, images):
-    """A call whose deadline passes while queued gets DEADLINE_EXCEEDED (never hangs); the rest succeed."""
+# `python -c SLOW_RUN <serve options>`: a server whose every session run of lenet.gradcam takes 0.4 s longer, so
+# that a queue forms behind a few calls whatever the machine's speed.
+SLOW_RUN = """
+import sys, time
+import serving.repository as r
+real_run, real_small = r.Graph.run, r.Graph.run_small
+def slow(real):
+    def run(self, outputs, feeds):
+        if self.triton_name == "lenet.gradcam":
+            time.sleep(0.4)
+        return real(self, outputs, feeds)
+    return run
+r.Graph.run, r.Graph.run_small = slow(real_run), slow(real_small)
+import serving.server as s
+sys.argv[0] = "serve"
+s.main()
+"""
+
+
+def test_deadline_behind_a_busy_queue(repository, images):
+    """A call whose deadline passes while it waits in the batcher's queue is dropped before compute: the client
+    gets DEADLINE_EXCEEDED, and on the server side it is counted in glassbox_dropped_jobs_total and never reaches
+    the session (the batch-size histogram saw only the calls ahead of it); the calls ahead still succeed.
+
+    Catches a batcher that ignores deadlines (and cancellations): the expired job is computed anyway, which the
+    client's own timeout would hide. Each lenet.gradcam run is slowed to 0.4 s (SLOW_RUN) so the late call
+    (deadline 0.5 s) is queued behind 1.2 s of work on any machine."""
     from serving._generated.glassbox.v1 import glassbox_pb2 as pb
     from serving._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
-    x = preprocess(np.resize(images, (256, 28, 28)), manifest(repository, "lenet")["preprocessing"])
-    heavy = pb.GradCamRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=x.shape, data=x.tobytes())))
-    with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
-        stub = pb_grpc.GlassboxStub(ch)
-        busy = [stub.GradCam.future(heavy, timeout=60) for _ in range(6)]
-        time.sleep(0.05)
-        late = stub.GradCam.future(heavy, timeout=0.005)  # far less than the queued work ahead of it
-        with pytest.raises(grpc.RpcError) as e:
-            late.result(timeout=30)
-        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert all(f.result(timeout=60).cams.shape == [256, 28, 28] for f in busy)
+    metrics_port = free_port()
+    proc, address = start_server(repository, "--metrics-port", str(metrics_port),
+                                 serve=[sys.executable, "-c", SLOW_RUN])
+    try:
+        # 256 images, the manifest's max_batch: every call is a batch of its own (none merges with the late one)
+        x = preprocess(np.resize(images, (256, 28, 28)), manifest(repository, "lenet")["preprocessing"])
+        heavy = pb.GradCamRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=x.shape, data=x.tobytes())))
+        with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+            stub = pb_grpc.GlassboxStub(ch)
+            busy = [stub.GradCam.future(heavy, timeout=60) for _ in range(3)]
+            time.sleep(0.1)  # the three are queued (the first computing) before the late call arrives
+            late = stub.GradCam.future(heavy, timeout=0.5)
+            with pytest.raises(grpc.RpcError) as e:
+                late.result(timeout=30)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert all(f.result(timeout=60).cams.shape == [256, 28, 28] for f in busy)
+            # One image more, queued behind whatever is left: once answered, the batcher has nothing else to run.
+            one = pb.GradCamRequest(name="lenet", images=pb.Images(tensor=pb.Tensor(shape=[1, 1, 28, 28],
+                                                                                    data=x[:1].tobytes())))
+            assert stub.GradCam(one, timeout=60).cams.shape == [1, 28, 28]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        dropped = metric(text, 'glassbox_dropped_jobs_total{graph="lenet.gradcam"')
+        computed = metric(text, 'glassbox_batch_size_sum{graph="lenet.gradcam"}')
+        assert dropped == 1 and computed == 3 * 256 + 1, (dropped, computed)
+    finally:
+        assert stop_server(proc) == 0
 
 
 def test_tls_and_full_queue(repository, images, tmp_path):

@@ -160,6 +160,12 @@ def test_models_take_the_datasets_channels_and_size():
     assert model_args_for_data(resolve_config({"model": "cvae", "dataset": "lfw-min20"}))["img_size"] == 64
     # a model defined for one size keeps it (the images are resized), but takes the channels
     assert model_args_for_data(resolve_config({"model": "lenet", "dataset": "cifar10"}))["in_chans"] == 3
+    # a classifier takes the dataset's number of classes (LFW's people), unless told otherwise
+    assert model_args_for_data(resolve_config({"model": "lenet", "dataset": "lfw-min20"}))["num_classes"] == 62
+    assert model_args_for_data(resolve_config({"model": "lenet", "dataset": "mnist"}))["num_classes"] == 10
+    assert model_args_for_data(resolve_config({"model": "lenet", "dataset": "lfw-min20",
+                                               "model_args": {"num_classes": 5}}))["num_classes"] == 5
+    assert "num_classes" not in model_args_for_data(resolve_config({"model": "cvae", "dataset": "lfw-min20"}))
     bad = resolve_config({"model": "rowrnn", "model_args": {"in_chans": 1},
                           "dataset": {"name": "cifar10", "channels": 3}})
     with pytest.raises(ConfigError, match="contradicts dataset.channels"):

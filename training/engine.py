@@ -73,8 +73,9 @@ def select_device(name: str = "auto") -> torch.device:
 
 def model_args_for_data(cfg: dict) -> dict:
     """The model's constructor arguments, completed from the dataset: a model takes the dataset's
-    channels (and, when it is defined for any size, its image size) unless told otherwise, so no
-    model silently turns CIFAR-10 or LFW into 1-channel 28-px images. A size or channel count set
+    channels (and, when it is defined for any size, its image size) and a classifier its number of
+    classes unless told otherwise, so no model silently turns CIFAR-10 or LFW into 1-channel 28-px
+    images or LFW's people into 10 classes. A size or channel count set
     both on the dataset and on the model, differently, is a ConfigError."""
     name, args, ds = cfg["model"]["name"], dict(cfg["model"]["args"]), cfg["dataset"]
     info = D.dataset_info(ds["name"])
@@ -86,6 +87,8 @@ def model_args_for_data(cfg: dict) -> dict:
                               f"set one of them")
         if arg not in args and (arg == "in_chans" or model_info(name).default_size is None or wanted is not None):
             args[arg] = int(wanted if wanted is not None else value)
+    if model_info(name).task == "classifier" and "num_classes" not in args and info.get("num_classes"):
+        args["num_classes"] = int(info["num_classes"])  # LFW people: 62 or 5,749 classes, not the default 10
     return args
 
 
