@@ -32,7 +32,10 @@ def from_proto(t: pb.Tensor, what: str) -> np.ndarray:
     if len(t.data) != count * itemsize:
         raise InvalidArgument(f"{what}: shape {list(shape)} needs {count} {np.dtype(dtype).name} values "
                               f"({count * itemsize} bytes), got {len(t.data)} bytes")
-    return np.frombuffer(t.data, dtype).reshape(shape)
+    try:
+        return np.frombuffer(t.data, dtype).reshape(shape)
+    except ValueError:  # zero values, but other axes beyond what numpy can index ([0, 2**62])
+        raise InvalidArgument(f"{what}: shape {list(shape)} is too large") from None
 
 
 def to_proto(a: np.ndarray) -> pb.Tensor:

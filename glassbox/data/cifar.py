@@ -52,7 +52,7 @@ def _batch(d: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         x = np.asarray(d[b"data"])
         y = np.asarray(d[b"labels"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: a label beyond int64
         raise DatasetCorrupt(f"{where}: a CIFAR-10 batch needs 'data' and 'labels' ({e})") from None
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
         raise DatasetCorrupt(f"{where}: data is {x.dtype}{list(x.shape)}, expected uint8 [N, 3072]")

@@ -11,6 +11,7 @@ no per-image Python. Anything that does not add up raises DatasetCorrupt naming 
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(raw) < header:
         raise DatasetCorrupt(f"{path}: truncated inside the header ({len(raw)} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: a crafted header cannot wrap around int64 (2^31 x 2^31 x 4 = 0)
     if len(raw) - header != expected:
         what = "truncated" if len(raw) - header < expected else "has trailing bytes"
         raise DatasetCorrupt(f"{path}: {what}: the header says {'x'.join(map(str, dims))} = {expected} bytes "

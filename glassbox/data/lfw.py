@@ -47,8 +47,8 @@ def load_lfw_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             x, y, names = z["x"], z["y"].astype(np.int64), [str(n) for n in z["names"]]
     except Exception as e:  # OSError, BadZipFile, KeyError, ValueError (object arrays), ...
         raise DatasetCorrupt(f"{path}: not an LFW npz with arrays x, y, names ({type(e).__name__}: {e})") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or len(x) != len(y) or y.ndim != 1 \
-            or (len(y) and (y.min() < 0 or y.max() >= len(names))):
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or y.ndim != 1 or len(x) != len(y) \
+            or (len(y) and (y.min() < 0 or y.max() >= len(names))):  # y.ndim first: len() of a 0-d array raises
         raise DatasetCorrupt(f"{path}: inconsistent arrays (x {x.dtype}{list(x.shape)}, y {list(y.shape)} in "
                              f"{y.min() if y.size else '-'}..{y.max() if y.size else '-'}, {len(names)} names)")
     return x, y, names

@@ -64,8 +64,8 @@ def compare(onnx_out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict
     for name, want in ref.items():
         got = onnx_out[name]
         if got.shape != want.shape:
-            stats[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "ok": False,
-                           "why": f"shape {got.shape} != {want.shape}"}
+            stats[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "gate_ratio": float("inf"),
+                           "peak_rel": float("inf"), "ok": False, "why": f"shape {got.shape} != {want.shape}"}
             continue
         diff = np.abs(got.astype(np.float64) - want)
         scale = np.abs(want.astype(np.float64))

@@ -1,0 +1,480 @@
+"""``serving.batcher.Batcher`` in-process against fake graphs: merging, splitting back, the queue bound,
+deadlines, cancellation, the adaptive delay, inline vs worker-thread runs, failures and metrics.
+
+Fast and deterministic: the fake graphs record every run, and the adaptive delay is observed through the
+``asyncio.sleep`` calls the batcher makes, not through wall-clock timing.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving import batcher as batcher_module
+from serving.batcher import Batcher
+from serving.errors import DeadlineExceeded, ResourceExhausted
+
+
+class Graph:
+    """Doubles ``input`` into ``y`` and adds one into ``z``; records (method, batch size, thread, feeds)."""
+    triton_name = "fake"
+
+    def __init__(self, batch1_ms=None, fail=False, gate=None):
+        if batch1_ms is not None:
+            self.batch1_ms = batch1_ms
+        self.fail, self.gate, self.runs = fail, gate, []
+
+    def _run(self, how, outputs, feeds):
+        if self.gate is not None:
+            self.gate.wait(10)  # hold the worker thread until the test has queued what it wants
+        self.runs.append((how, len(feeds["input"]), threading.current_thread().name, feeds))
+        if self.fail:
+            raise RuntimeError("onnxruntime exploded")
+        x = feeds["input"]
+        return [{"y": x * 2, "z": x + 1}[o] for o in outputs]
+
+    def run(self, outputs, feeds):
+        return self._run("run", outputs, feeds)
+
+    def run_small(self, outputs, feeds):
+        return self._run("run_small", outputs, feeds)
+
+
+class Child:
+    def __init__(self):
+        self.values = []
+
+    def set(self, v):
+        self.values.append(v)
+
+    def observe(self, v):
+        self.values.append(v)
+
+    def inc(self):
+        self.values.append(1)
+
+
+class Family:
+    def __init__(self):
+        self.children = {}
+
+    def labels(self, *names):
+        return self.children.setdefault(names if len(names) > 1 else names[0], Child())
+
+
+class Metrics:
+    """The prometheus families the batcher uses, as recorders."""
+
+    def __init__(self):
+        self.queue_depth, self.batch_size, self.dropped = Family(), Family(), Family()
+
+
+def rows(k, n=1):
+    return {"input": np.full((n, 2), k, np.float32)}
+
+
+def run(scenario):
+    return asyncio.run(asyncio.wait_for(scenario(), 5))  # a batcher that hangs fails in seconds
+
+
+def test_a_lone_request_gets_its_outputs_and_the_batcher_reports_its_depth():
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        b.start()
+        assert b.depth() == 0
+        out = await b.submit(rows(3, 2), ["z", "y"], 2, None)
+        await b.stop()
+        return out
+
+    out = run(scenario)
+    assert list(out) == ["z", "y"]
+    assert out["y"].tolist() == [[6, 6]] * 2 and out["z"].tolist() == [[4, 4]] * 2
+    assert [r[:2] for r in g.runs] == [("run", 2)]
+
+
+def test_queued_jobs_merge_and_each_gets_its_own_rows_and_outputs():
+    """Jobs queued together run as one batch (one run of the union of their outputs), split back in order."""
+    g = Graph()
+    feeds = [rows(k, n) for k, n in ((1, 1), (2, 2), (3, 1))]
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        futs = [asyncio.ensure_future(b.submit(f, outs, len(f["input"]), None))
+                for f, outs in zip(feeds, (["y"], ["z"], ["y", "z"]), strict=True)]
+        await asyncio.sleep(0)  # all three are queued before the batcher starts
+        assert b.depth() == 3
+        b.start()
+        got = await asyncio.gather(*futs)
+        await b.stop()
+        return got
+
+    a, b_, c = run(scenario)
+    assert [r[:2] for r in g.runs] == [("run", 4)]
+    assert list(a) == ["y"] and a["y"].tolist() == [[2, 2]]
+    assert list(b_) == ["z"] and b_["z"].tolist() == [[3, 3]] * 2
+    assert list(c) == ["y", "z"] and c["y"].tolist() == [[6, 6]] and c["z"].tolist() == [[4, 4]]
+
+
+def test_a_lone_job_runs_on_its_own_feeds_without_a_copy():
+    g = Graph()
+    f = rows(1, 3)
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        b.start()
+        await b.submit(f, ["y"], 3, None)
+        await b.stop()
+
+    run(scenario)
+    assert g.runs[0][3] is f
+
+
+def test_merging_stops_at_max_batch_and_an_exact_fit_merges():
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=4)
+        futs = [asyncio.ensure_future(b.submit(rows(k, n), ["y"], n, None)) for k, n in ((1, 2), (2, 2), (3, 1))]
+        await asyncio.sleep(0)
+        b.start()
+        got = await asyncio.gather(*futs)
+        await b.stop()
+        return got
+
+    got = run(scenario)
+    assert [r[1] for r in g.runs] == [4, 1], "2 + 2 fill max_batch 4 exactly; the third waits for the next batch"
+    assert [x["y"][:, 0].tolist() for x in got] == [[2, 2], [4, 4], [6]]
+
+
+def test_a_job_above_max_batch_runs_alone():
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=2)
+        futs = [asyncio.ensure_future(b.submit(rows(k, n), ["y"], n, None)) for k, n in ((1, 1), (2, 5), (3, 1))]
+        await asyncio.sleep(0)
+        b.start()
+        got = await asyncio.gather(*futs)
+        await b.stop()
+        return got
+
+    got = run(scenario)
+    assert [r[1] for r in g.runs] == [1, 5, 1] and [len(x["y"]) for x in got] == [1, 5, 1]
+
+
+def test_a_full_queue_refuses_at_once_and_the_gauge_follows_the_queue():
+    g, m = Graph(), Metrics()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8, max_queue=2, metrics=m)
+        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted) as e:
+            await b.submit(rows(3), ["y"], 1, None)
+        assert str(e.value) == "fake: request queue is full (2 waiting); retry later"
+        b.start()
+        await asyncio.gather(*futs)
+        await b.stop()
+
+    run(scenario)
+    depth = m.queue_depth.children["fake"].values
+    assert depth[:2] == [1, 2] and depth[-1] == 0, depth
+    assert m.batch_size.children["fake"].values == [2]
+
+
+def test_an_expired_job_is_dropped_before_compute_and_a_cancelled_one_skipped():
+    g, m = Graph(), Metrics()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8, metrics=m)
+        expired = asyncio.ensure_future(b.submit(rows(1), ["y"], 1, time.monotonic() - 0.001))
+        cancelled = asyncio.ensure_future(b.submit(rows(2), ["y"], 1, None))
+        alive = asyncio.ensure_future(b.submit(rows(3), ["y"], 1, time.monotonic() + 60))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        b.start()
+        assert (await alive)["y"].tolist() == [[6, 6]]
+        with pytest.raises(DeadlineExceeded, match="^deadline passed while queued; dropped before compute$"):
+            await expired
+        await b.stop()
+        return cancelled.cancelled(), b.dropped
+
+    cancelled, dropped = run(scenario)
+    assert cancelled and dropped == {"deadline": 1, "cancelled": 1}
+    assert [r[1] for r in g.runs] == [1] and g.runs[0][3]["input"][0, 0] == 3
+    assert {k: c.values for k, c in m.dropped.children.items()} == {("fake", "deadline"): [1],
+                                                                    ("fake", "cancelled"): [1]}
+
+
+def test_a_batch_of_only_dropped_jobs_runs_nothing_and_the_batcher_goes_on():
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        expired = asyncio.ensure_future(b.submit(rows(1), ["y"], 1, time.monotonic() - 1))
+        await asyncio.sleep(0)
+        b.start()
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        out = await b.submit(rows(4), ["y"], 1, None)
+        await b.stop()
+        return out
+
+    assert run(scenario)["y"].tolist() == [[8, 8]]
+    assert [r[1] for r in g.runs] == [1]
+
+
+def test_a_failed_run_fails_every_job_of_the_batch_and_the_next_batch_runs():
+    g = Graph(fail=True)
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2)]
+        await asyncio.sleep(0)
+        b.start()
+        errors = await asyncio.gather(*futs, return_exceptions=True)
+        g.fail = False
+        out = await b.submit(rows(5), ["y"], 1, None)
+        await b.stop()
+        return errors, out
+
+    errors, out = run(scenario)
+    assert [str(e) for e in errors] == ["onnxruntime exploded"] * 2
+    assert out["y"].tolist() == [[10, 10]]
+
+
+def test_a_job_cancelled_while_its_batch_computes_gets_no_result_and_the_others_do():
+    gate = threading.Event()
+    g = Graph(gate=gate)
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        first = asyncio.ensure_future(b.submit(rows(1), ["y"], 1, None))
+        second = asyncio.ensure_future(b.submit(rows(2, 2), ["y"], 2, None))
+        await asyncio.sleep(0)
+        b.start()
+        await asyncio.sleep(0.05)  # the batch of both is now in the worker thread, held by the gate
+        first.cancel()
+        gate.set()
+        got = await second
+        await b.stop()
+        return got, first.cancelled()
+
+    got, cancelled = run(scenario)
+    assert cancelled and got["y"][:, 0].tolist() == [4, 4]
+    assert [r[1] for r in g.runs] == [3]
+
+
+def test_a_cancelled_job_that_failed_its_batch_gets_no_exception_set():
+    gate = threading.Event()
+    g = Graph(gate=gate, fail=True)
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        first = asyncio.ensure_future(b.submit(rows(1), ["y"], 1, None))
+        second = asyncio.ensure_future(b.submit(rows(2), ["y"], 1, None))
+        await asyncio.sleep(0)
+        b.start()
+        await asyncio.sleep(0.05)
+        first.cancel()
+        gate.set()
+        with pytest.raises(RuntimeError):
+            await second
+        await b.stop()
+        return first.cancelled()
+
+    assert run(scenario)
+
+
+def test_small_batches_run_inline_larger_ones_in_the_worker_thread():
+    """batch1_ms 0.05 ms: batches of up to int(0.2 / 0.05) = 4 images run on the loop (run_small)."""
+    g = Graph(batch1_ms=0.05)
+
+    async def scenario():
+        b = Batcher(g, max_batch=16)
+        assert b.inline_images == 4
+        b.start()
+        for n in (1, 4, 5):
+            await b.submit(rows(1, n), ["y"], n, None)
+        await b.stop()
+
+    run(scenario)
+    loop_thread = threading.current_thread().name
+    assert [(how, n) for how, n, _, _ in g.runs] == [("run_small", 1), ("run_small", 4), ("run", 5)]
+    assert g.runs[0][2] == loop_thread and g.runs[2][2].startswith("ort-fake")
+
+
+def test_inline_threshold_edges():
+    """No timing known: nothing inline; a graph faster than 1 us counts as 1 us (at most 200 images)."""
+    assert Batcher(Graph(), max_batch=8).inline_images == 0
+    assert Batcher(Graph(batch1_ms=1e-9), max_batch=8).inline_images == 200
+    assert Batcher(Graph(batch1_ms=0.1), max_batch=8).inline_images == 2
+    assert Batcher(Graph(batch1_ms=1.0), max_batch=8).inline_images == 0
+
+
+class SleepSpy:
+    """Stands in for the batcher module's ``asyncio``: records every sleep, otherwise the real thing."""
+
+    def __init__(self):
+        self.sleeps = []
+
+    def __getattr__(self, name):
+        return getattr(asyncio, name)
+
+    async def sleep(self, s):
+        self.sleeps.append(s)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    spy = SleepSpy()
+    monkeypatch.setattr(batcher_module, "asyncio", spy)
+    return spy.sleeps
+
+
+def test_adaptive_delay_never_for_a_lone_request(sleeps):
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8, max_delay_s=0.5)
+        b.start()
+        for k in (1, 2):
+            await b.submit(rows(k), ["y"], 1, None)
+        await b.stop()
+
+    run(scenario)
+    assert sleeps == [] and [r[1] for r in g.runs] == [1, 1]
+
+
+def test_adaptive_delay_under_load_waits_once_per_batch(sleeps):
+    """Two queued: wait max_delay for more; after a merged batch a lone request waits too."""
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8, max_delay_s=0.5)
+        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2)]
+        await asyncio.sleep(0)
+        b.start()
+        await asyncio.gather(*futs)
+        assert b.last_jobs == 2
+        await b.submit(rows(3), ["y"], 1, None)
+        assert b.last_jobs == 1
+        await b.submit(rows(4), ["y"], 1, None)  # the previous batch was a lone one again: no wait
+        await b.stop()
+
+    run(scenario)
+    assert sleeps == [0.5, 0.5] and [r[1] for r in g.runs] == [2, 1, 1]
+
+
+def test_adaptive_delay_not_when_the_queue_already_fills_a_batch(sleeps):
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=4, max_delay_s=0.5)
+        futs = [asyncio.ensure_future(b.submit(rows(k, 2), ["y"], 2, None)) for k in (1, 2)]
+        await asyncio.sleep(0)
+        b.start()
+        await asyncio.gather(*futs)
+        await b.stop()
+
+    run(scenario)
+    assert sleeps == [] and [r[1] for r in g.runs] == [4]
+
+
+def test_adaptive_delay_off_by_default(sleeps):
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2, 3)]
+        await asyncio.sleep(0)
+        b.start()
+        await asyncio.gather(*futs)
+        await b.stop()
+
+    run(scenario)
+    assert sleeps == []
+
+
+def test_stop_cancels_the_loop_and_a_batcher_never_started_stops_too():
+    async def scenario():
+        b = Batcher(Graph(), max_batch=8)
+        await b.stop()  # no task yet
+        b.start()
+        task = b.task
+        await asyncio.sleep(0)
+        await b.stop()
+        await asyncio.sleep(0)
+        return task.cancelled()
+
+    assert run(scenario)
+
+
+def test_the_default_queue_bound_is_256():
+    async def scenario():
+        b = Batcher(Graph(), max_batch=8)
+        futs = [asyncio.ensure_future(b.submit(rows(1), ["y"], 1, None)) for _ in range(256)]
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted, match=r"\(256 waiting\)"):
+            await b.submit(rows(1), ["y"], 1, None)
+        for f in futs:
+            f.cancel()
+        await b.stop()
+
+    run(scenario)
+
+
+def test_every_dropped_job_is_counted():
+    async def scenario():
+        b = Batcher(Graph(), max_batch=8)
+        late = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, time.monotonic() - 1)) for k in (1, 2, 3)]
+        await asyncio.sleep(0)
+        b.start()
+        await asyncio.gather(*late, return_exceptions=True)
+        await b.stop()
+        return b.dropped
+
+    assert run(scenario) == {"deadline": 3, "cancelled": 0}
+
+
+def test_dropped_jobs_at_the_head_do_not_cost_the_batch_another_wait(sleeps):
+    """A cancelled and an expired job ahead of two live ones: one adaptive wait, one batch of the two."""
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8, max_delay_s=0.5)
+        cancelled = asyncio.ensure_future(b.submit(rows(1), ["y"], 1, None))
+        expired = asyncio.ensure_future(b.submit(rows(2), ["y"], 1, time.monotonic() - 1))
+        live = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (3, 4)]
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        b.start()
+        await asyncio.gather(*live)
+        await asyncio.gather(expired, return_exceptions=True)
+        await b.stop()
+
+    run(scenario)
+    assert sleeps == [0.5] and [r[1] for r in g.runs] == [2]
+
+
+def test_a_failed_batch_is_logged_with_the_graph_and_size(caplog):
+    g = Graph(fail=True)
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2)]
+        await asyncio.sleep(0)
+        b.start()
+        await asyncio.gather(*futs, return_exceptions=True)
+        await b.stop()
+
+    with caplog.at_level("ERROR", logger="glassbox.serving"):
+        run(scenario)
+    assert [r.getMessage() for r in caplog.records] == ["fake: batch of 2 failed"]
+    assert caplog.records[0].exc_info is not None
