@@ -11,6 +11,7 @@ Each run leaves best.pt, last.pt, config.json, history.json, metrics.json and cu
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,17 @@ def _launch_torchrun(nproc: int, command: str) -> None:
         elif not a.startswith("--nproc="):
             args.append(a)
     sys.exit(launch(nproc, command, args))
+
+
+def _leave_torchrun_worker() -> None:
+    """A torchrun worker that finished its work exits at once (output flushed, process group already
+    destroyed): gloo's threads can abort the process during interpreter teardown ("terminate called
+    without an active exception", seen once in CI), which torchrun would report as a failed run."""
+    from .distributed import from_env
+    if from_env().enabled:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _main_only():
@@ -211,12 +223,14 @@ def train(**o):
     finally:
         shutdown()
     if not _main_only():
+        _leave_torchrun_worker()
         return
     click.echo(f"{cfg['name']}: "
                + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in metrics.items()
                            if k.startswith(("test_", "best_", "exported", "epochs_run", "time_budget"))))
     click.echo(f"checkpoint: {out / 'best.pt'}")
+    _leave_torchrun_worker()
 
 
 def _studies_help() -> str:
@@ -328,6 +342,7 @@ def train_all(profile, config, study, overrides, out, only, data_dir, time_budge
     shutdown()
     echo(format_summary(rows))
     echo(f"total {time.perf_counter() - t0:.0f}s; summary: {out / 'summary.json'}")
+    _leave_torchrun_worker()
 
 
 def format_summary(rows: list[dict]) -> str:
