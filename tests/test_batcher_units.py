@@ -134,19 +134,23 @@ def test_a_lone_job_runs_on_its_own_feeds_without_a_copy():
     assert g.runs[0][3] is f
 
 
-def test_merging_stops_at_max_batch_and_an_exact_fit_merges():
-    g = Graph()
-
+def run_queued(g, max_batch, jobs):
+    """Queue jobs of ``(value, rows)`` before the batcher starts, so its first take sees them all."""
     async def scenario():
-        b = Batcher(g, max_batch=4)
-        futs = [asyncio.ensure_future(b.submit(rows(k, n), ["y"], n, None)) for k, n in ((1, 2), (2, 2), (3, 1))]
+        b = Batcher(g, max_batch=max_batch)
+        futs = [asyncio.ensure_future(b.submit(rows(k, n), ["y"], n, None)) for k, n in jobs]
         await asyncio.sleep(0)
         b.start()
         got = await asyncio.gather(*futs)
         await b.stop()
         return got
+    return run(scenario)
 
-    got = run(scenario)
+
+def test_merging_stops_at_max_batch_and_an_exact_fit_merges():
+    g = Graph()
+
+    got = run_queued(g, 4, ((1, 2), (2, 2), (3, 1)))
     assert [r[1] for r in g.runs] == [4, 1], "2 + 2 fill max_batch 4 exactly; the third waits for the next batch"
     assert [x["y"][:, 0].tolist() for x in got] == [[2, 2], [4, 4], [6]]
 
@@ -154,16 +158,7 @@ def test_merging_stops_at_max_batch_and_an_exact_fit_merges():
 def test_a_job_above_max_batch_runs_alone():
     g = Graph()
 
-    async def scenario():
-        b = Batcher(g, max_batch=2)
-        futs = [asyncio.ensure_future(b.submit(rows(k, n), ["y"], n, None)) for k, n in ((1, 1), (2, 5), (3, 1))]
-        await asyncio.sleep(0)
-        b.start()
-        got = await asyncio.gather(*futs)
-        await b.stop()
-        return got
-
-    got = run(scenario)
+    got = run_queued(g, 2, ((1, 1), (2, 5), (3, 1)))
     assert [r[1] for r in g.runs] == [1, 5, 1] and [len(x["y"]) for x in got] == [1, 5, 1]
 
 
