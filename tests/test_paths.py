@@ -39,22 +39,23 @@ def ort_logits(path, x):
 # --- training commands ---------------------------------------------------------------------------------
 
 def test_train_command_with_model_args_augmentation_and_device(fmnist_dir, tmp_path):
-    """`train` succeeds with --model-arg (a ConvNet of width 6 and depth 1), --crop-pad, --hflip and --device cpu:
-    the checkpoint's model has the asked shape, the config keeps the augmentation and the device, and the run
+    """`train` succeeds with --model-arg (a ConvNet of width 6 and depth 1), --crop-pad, --hflip, --erase and
+    --device cpu: the checkpoint's model has the asked shape, the config keeps the augmentation and the device, and the run
     learned (test accuracy well above chance). Catches options that parse but never reach the config or the
     model (the model's defaults, width 32 depth 2, would load the same way)."""
     from training.checkpoint import model_from_checkpoint
     from training.cli import train
     out = tmp_path / "run"
     r = CliRunner().invoke(train, ["--model", "convnet", "--model-arg", "width=6", "--model-arg", "depth=1",
-                                   "--crop-pad", "2", "--hflip", "--device", "cpu", "--data-dir", str(fmnist_dir),
+                                   "--crop-pad", "2", "--hflip", "--erase", "0.3", "--device", "cpu",
+                                   "--data-dir", str(fmnist_dir),
                                    "--subset", "1000", "--epochs", "1", "--batch-size", "32", "--schedule", "constant",
                                    "--lr", "0.003", "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert f"checkpoint: {out / 'best.pt'}" in r.output and "test_acc=" in r.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["args"]["width"] == 6 and cfg["model"]["args"]["depth"] == 1
-    assert cfg["augment"]["crop_pad"] == 2 and cfg["augment"]["hflip"] is True
+    assert cfg["augment"]["crop_pad"] == 2 and cfg["augment"]["hflip"] is True and cfg["augment"]["erase"] == 0.3
     assert cfg["resolved_device"] == "cpu"
     model, ckpt = model_from_checkpoint(out / "best.pt")
     convs = [p.shape for name, p in model.state_dict().items() if name.endswith("weight") and p.ndim == 4]

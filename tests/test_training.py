@@ -5,7 +5,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from training.augment import augment, random_crop, random_hflip
+from training.augment import augment, augments_anything, random_crop, random_erase, random_hflip
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.cli import train, train_all
 from training.config import ConfigError, load_profile, resolve_config
@@ -219,6 +219,24 @@ def test_augmentations_are_batched_and_seeded():
     a = augment(x, spec, torch.Generator().manual_seed(3))
     b = augment(x, spec, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_random_erasing_blanks_one_rectangle_of_the_asked_size_in_the_asked_share():
+    x = torch.ones(2000, 1, 28, 28)
+    out = random_erase(x, 0.5, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(random_erase(x, 0.5, 0.25, torch.Generator().manual_seed(0)), out)  # seeded
+    erased = out == 0
+    share = erased.float().mean(dim=(1, 2, 3))
+    hit = share > 0
+    assert 0.45 < hit.float().mean() < 0.55  # about half the images, as p asks
+    assert share[hit].min() >= 0.01 and share[hit].max() <= 0.27  # 2% to 25% of the area, after rounding
+    for i in torch.nonzero(hit)[:50, 0]:  # each erased region is one filled rectangle
+        rows, cols = erased[i, 0].any(1), erased[i, 0].any(0)
+        assert erased[i, 0].sum() == rows.sum() * cols.sum()
+        assert rows.int().diff().abs().sum() <= 2 and cols.int().diff().abs().sum() <= 2
+    assert torch.equal(random_erase(x, 0.0, 0.25, torch.Generator().manual_seed(0)), x)
+    assert not augments_anything({"crop_pad": 0, "hflip": False, "erase": 0.0, "erase_max_area": 0.4})
+    assert augments_anything({"erase": 0.5})
 
 
 def test_config_errors():

@@ -163,6 +163,8 @@ def _export(run_dir: Path, repository: str, data_dir: str | None) -> dict:
 @click.option("--patience", type=int, default=None, help="Early stopping: epochs without validation improvement.")
 @click.option("--crop-pad", type=int, default=0, help="Augmentation: random crop after padding by this many pixels.")
 @click.option("--hflip", is_flag=True, help="Augmentation: random horizontal flips.")
+@click.option("--erase", type=click.FloatRange(0, 1), default=0.0, metavar="P",
+              help="Augmentation: random erasing, with probability P one rectangle of 2-40% of the image set to 0.")
 @click.option("--noise-std", type=float, default=0.0, help="Augmentation: Gaussian noise std (normalised units).")
 @click.option("--kl-weight", type=float, default=1.0, help="VAE: weight of the KL term.")
 @click.option("--vae-recon", type=click.Choice(["bce", "mse", "l1"]), default="bce", help="VAE reconstruction loss.")
@@ -203,7 +205,7 @@ def train(**o):
                     "alpha": o["alpha"]},
         "test_curves": o["test_curves"],
         "snapshots": {"epochs": list(o["snapshot_epoch"]), "train_acc": list(o["snapshot_train_acc"])},
-        "augment": {"crop_pad": o["crop_pad"], "hflip": o["hflip"], "noise_std": o["noise_std"]},
+        "augment": {"crop_pad": o["crop_pad"], "hflip": o["hflip"], "erase": o["erase"], "noise_std": o["noise_std"]},
         "clip_grad_norm": o["clip_grad_norm"], "ema": o["ema"],
         "early_stopping": {"patience": o["patience"], "min_delta": 0.0},
     }

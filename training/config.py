@@ -72,7 +72,8 @@ DEFAULTS: dict = {
     # Snapshot checkpoints at these epochs and when train accuracy first crosses these levels;
     # each is exported (snapshots/exported) for ``analyze snapshots``.
     "snapshots": {"epochs": [], "train_acc": []},
-    "augment": {"crop_pad": 0, "hflip": False, "noise_std": 0.0},
+    # erase: probability of random erasing (one rectangle of 2% to erase_max_area of the image, set to 0)
+    "augment": {"crop_pad": 0, "hflip": False, "erase": 0.0, "erase_max_area": 0.4, "noise_std": 0.0},
     "clip_grad_norm": None,
     # Exponential moving average of the weights (and BatchNorm statistics), decay per step (0: off).
     # With it, validation, best.pt, the test score and the export use the averaged weights.

@@ -33,7 +33,7 @@ from glassbox import plots
 from glassbox.io import write_json
 
 from . import distributed
-from .augment import augment
+from .augment import augment, augments_anything
 from .budget import Budget
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import ConfigError
@@ -220,7 +220,7 @@ def train_one_epoch(model, opt, sched, x, y, cfg, gen, epoch: int, progress: boo
     n, bs = x.shape[0], int(cfg["batch_size"])
     perm = torch.randperm(n, generator=gen, device=gen.device).to(x.device)
     mine = distributed.batch_slice(bs, dist)
-    augmenting = task.augments and any(cfg["augment"].values())
+    augmenting = task.augments and augments_anything(cfg["augment"])
     totals = Totals(task)
     bar = tqdm(range(0, n - bs + 1 if n >= bs else 1, bs), desc=f"{cfg['name']} epoch {epoch}/{cfg['epochs']}",
                leave=False, disable=not progress, unit="batch")
