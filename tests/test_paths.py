@@ -40,8 +40,8 @@ def ort_logits(path, x):
 
 def test_train_command_with_model_args_augmentation_and_device(fmnist_dir, tmp_path):
     """`train` succeeds with --model-arg (a ConvNet of width 6 and depth 1), --crop-pad, --hflip, --erase and
-    --device cpu: the checkpoint's model has the asked shape, the config keeps the augmentation and the device, and the run
-    learned (test accuracy well above chance). Catches options that parse but never reach the config or the
+    --device cpu: the checkpoint's model has the asked shape, the config keeps the augmentation and the device,
+    and the run learned (test accuracy well above chance). Catches options that parse but never reach the config or the
     model (the model's defaults, width 32 depth 2, would load the same way)."""
     from training.checkpoint import model_from_checkpoint
     from training.cli import train
