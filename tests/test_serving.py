@@ -168,6 +168,14 @@ def test_raw_requests_the_client_would_not_send(server):
                 grpc.StatusCode.INVALID_ARGUMENT, "latents")
         refused(stub.Interpolate, pb.InterpolateRequest(name="cvae"), grpc.StatusCode.INVALID_ARGUMENT,
                 "two images or two latents")
+        one, three = (pb.Images(tensor=pb.Tensor(shape=[n, 1, 28, 28], data=np.zeros((n, 1, 28, 28), np.float32)
+                                                 .tobytes())) for n in (1, 3))
+        refused(stub.GradCam, pb.GradCamRequest(name="lenet", images=one, targets=[1, 2]),
+                grpc.StatusCode.INVALID_ARGUMENT, "targets: 2 given for 1 images")
+        refused(stub.Interpolate, pb.InterpolateRequest(name="cvae", images=three), grpc.StatusCode.INVALID_ARGUMENT,
+                "exactly 2 images, got 3")
+        refused(stub.Interpolate, pb.InterpolateRequest(name="cvae", images=one, alphas=[0.5] * 257),
+                grpc.StatusCode.INVALID_ARGUMENT, "257 alphas is above the maximum of 256")
         bad = pb.Images(tensor=pb.Tensor(shape=[1, 1, 28, 28], data=b"\0" * 100))
         with pytest.raises(grpc.RpcError) as e:
             stub.Classify(pb.ClassifyRequest(name="lenet", images=bad))
