@@ -239,6 +239,17 @@ def test_random_erasing_blanks_one_rectangle_of_the_asked_size_in_the_asked_shar
     assert augments_anything({"erase": 0.5})
 
 
+def test_set_overrides_land_over_the_short_model_args(tmp_path):
+    """`train-all --set model.args.widths=...` on a profile that writes `model_args = {...}` beside
+    `model = "..."`: the override wins (it used to be merged under model_args and silently lost)."""
+    profile = tmp_path / "p.toml"
+    profile.write_text('[[runs]]\nname = "r"\nmodel = "speednet"\nmodel_args = { widths = [8, 8, 8], stem = 4 }\n'
+                       'dataset = "cifar10"\n')
+    (cfg,), _, _ = load_profile(profile, {"model.args.widths": [16, 16, 16], "dataset.subset": 100})
+    assert cfg["model"]["args"]["widths"] == [16, 16, 16] and cfg["model"]["args"]["stem"] == 4
+    assert cfg["dataset"]["name"] == "cifar10" and cfg["dataset"]["subset"] == 100
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="known models"):
         resolve_config({"model": "resnet9000"})

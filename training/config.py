@@ -267,6 +267,8 @@ def load_profile(profile: str | Path, overrides: dict | None = None) -> tuple[li
     runs = expand_study(data, path) if study is not None else data.get("runs")
     if not runs:
         raise ConfigError(f"{path} has no [[runs]] (a profile) and no [study] (a study)")
+    # The short forms first, so that ``--set model.args.x=...`` lands over ``model_args``, not under it.
+    runs = [_normalise_run(r) for r in runs]
     for run in runs:
         for k, v in (overrides or {}).items():
             set_dotted(run, k, v)
