@@ -9,6 +9,12 @@ A checkpoint is a dict (docs/architecture.md §3):
     history    [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}, ...]
     config     the full resolved run config (model name and args, dataset with classes and
                normalization, optimizer, schedule, seed, ...)
+    rng        the batch-order torch.Generator's state (uint8 tensor, on the CPU): --resume draws
+               the same batches and augmentations as an uninterrupted run
+    torch_rng  the global CPU generator's state (dropout draws from it), restored on --resume
+    snapshots  [{"tag", "epoch", "train_acc", "checkpoint"}, ...] kept so far
+    budget     the time budget's state (training.budget) or None
+    train_model, ema_steps   with ``ema``: the trained weights (``model`` holds the average)
 
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     model, ckpt = model_from_checkpoint("runs/quick/lenet/best.pt")
