@@ -106,6 +106,14 @@ s.main()
 """
 
 
+def tiny_profile(path: Path, data_dir, runs: str, subset: int = 600, defaults: str = "") -> Path:
+    """Write a one-epoch train-all profile on ``subset`` Fashion-MNIST images (batch 32, constant lr):
+    the shared header, ``defaults`` lines added to it, then ``runs`` (the ``[[runs]]`` tables)."""
+    path.write_text(f'[defaults]\ndataset = {{ name = "fashion-mnist", data_dir = "{data_dir}", subset = {subset} }}\n'
+                    f'epochs = 1\nbatch_size = 32\nschedule = {{ name = "constant" }}\n{defaults}{runs}')
+    return path
+
+
 def start_server(repo, *extra, env=None, serve=None, cwd=None) -> tuple[subprocess.Popen, str]:
     """Run ``serve`` (``serve``: the command, default this interpreter's ``-m serving.server``) on a
     free port and wait until health says SERVING; returns the process and its address."""

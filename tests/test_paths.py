@@ -22,7 +22,7 @@ from PIL import Image
 
 from glassbox.data import load_dataset, preprocess
 
-from conftest import ROOT, start_server, stop_server
+from conftest import ROOT, start_server, stop_server, tiny_profile
 
 
 def encode(arr: np.ndarray, fmt: str, **kw) -> bytes:
@@ -63,17 +63,7 @@ def test_train_command_with_model_args_augmentation_and_device(fmnist_dir, tmp_p
     assert ckpt["metrics"]["test_acc"] > 0.3, ckpt["metrics"]["test_acc"]
 
 
-PROFILE = """
-[defaults]
-dataset = {{ name = "fashion-mnist", data_dir = "{data}", subset = 500 }}
-epochs = 1
-batch_size = 32
-schedule = {{ name = "constant" }}
-[[runs]]
-model = "lenet"
-[[runs]]
-model = "mlp"
-"""
+TWO_RUNS = '[[runs]]\nmodel = "lenet"\n[[runs]]\nmodel = "mlp"\n'
 
 
 def test_train_all_exports_by_default_only_and_resume(fmnist_dir, tmp_path):
@@ -84,7 +74,7 @@ def test_train_all_exports_by_default_only_and_resume(fmnist_dir, tmp_path):
     from glassbox.manifest import validate_manifest, verify_files
     from training.cli import train_all
     profile = tmp_path / "p.toml"
-    profile.write_text(PROFILE.format(data=fmnist_dir))
+    tiny_profile(profile, fmnist_dir, TWO_RUNS, subset=500)
     out, repo = tmp_path / "out", tmp_path / "repo"
     common = ["--config", str(profile), "--out", str(out), "--repository", str(repo), "--no-progress"]
     r = CliRunner().invoke(train_all, [*common, "--only", "mlp"])
@@ -143,18 +133,8 @@ def test_demo_script_end_to_end(fmnist_dir, tmp_path):
     the server starts on the exported repository, `analyze report` writes a page with both models, the server is
     stopped and the script prints the report's path. Catches a demo broken by any step's options or paths."""
     profile = tmp_path / "tiny.toml"
-    profile.write_text(f"""
-[defaults]
-dataset = {{ name = "fashion-mnist", data_dir = "{fmnist_dir}", subset = 600 }}
-epochs = 1
-batch_size = 32
-schedule = {{ name = "constant" }}
-[[runs]]
-model = "lenet"
-[[runs]]
-model = "cvae"
-model_args = {{ latent_dim = 8 }}
-""")
+    tiny_profile(profile, fmnist_dir, '[[runs]]\nmodel = "lenet"\n[[runs]]\nmodel = "cvae"\n'
+                                      'model_args = { latent_dim = 8 }\n')
     env = {**os.environ, "PROFILE": str(profile), "OUT": str(tmp_path / "runs"), "REPOSITORY": str(tmp_path / "repo"),
            "REPORT": str(tmp_path / "report"), "MODELS": "lenet cvae", "REPORT_ARGS": "--per-class 5", "FACES": "0",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

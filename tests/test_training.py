@@ -12,6 +12,8 @@ from training.config import ConfigError, load_profile, resolve_config
 from training.engine import build_optimizer, build_scheduler, compute_loss, fit
 from training.models import create_model
 
+from conftest import tiny_profile
+
 
 def _cfg(fmnist_dir, **over):
     run = {"model": "lenet", "epochs": 1, "batch_size": 64, "schedule": {"name": "constant"},
@@ -270,14 +272,8 @@ def test_train_all_tiny_profile(fmnist_dir, tmp_path):
     ``0 < acc <= 1``) or a summary that reports another run's numbers."""
     from baselines import mean_image
     profile = tmp_path / "tiny.toml"
-    profile.write_text(f"""
-[defaults]
-dataset = {{ name = "fashion-mnist", data_dir = "{fmnist_dir}", subset = 600 }}
-epochs = 1
-batch_size = 32
-schedule = {{ name = "constant" }}
-optimizer = {{ name = "adam", lr = 0.003, weight_decay = 0.0 }}
-[[runs]]
+    tiny_profile(profile, fmnist_dir, defaults='optimizer = { name = "adam", lr = 0.003, weight_decay = 0.0 }\n',
+                 runs=f"""[[runs]]
 model = "lenet"
 [[runs]]
 model = "mlpvae"
