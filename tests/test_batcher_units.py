@@ -134,14 +134,19 @@ def test_a_lone_job_runs_on_its_own_feeds_without_a_copy():
     assert g.runs[0][3] is f
 
 
+async def start_with_queued(b, jobs, return_exceptions=False):
+    """Queue jobs of ``(value, rows)`` before ``b`` starts, so its first take sees them all; their results."""
+    futs = [asyncio.ensure_future(b.submit(rows(k, n), ["y"], n, None)) for k, n in jobs]
+    await asyncio.sleep(0)
+    b.start()
+    return await asyncio.gather(*futs, return_exceptions=return_exceptions)
+
+
 def run_queued(g, max_batch, jobs):
-    """Queue jobs of ``(value, rows)`` before the batcher starts, so its first take sees them all."""
+    """A batcher of ``max_batch`` on ``g`` that starts with ``jobs`` queued; their results."""
     async def scenario():
         b = Batcher(g, max_batch=max_batch)
-        futs = [asyncio.ensure_future(b.submit(rows(k, n), ["y"], n, None)) for k, n in jobs]
-        await asyncio.sleep(0)
-        b.start()
-        got = await asyncio.gather(*futs)
+        got = await start_with_queued(b, jobs)
         await b.stop()
         return got
     return run(scenario)
@@ -229,10 +234,7 @@ def test_a_failed_run_fails_every_job_of_the_batch_and_the_next_batch_runs():
 
     async def scenario():
         b = Batcher(g, max_batch=8)
-        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2)]
-        await asyncio.sleep(0)
-        b.start()
-        errors = await asyncio.gather(*futs, return_exceptions=True)
+        errors = await start_with_queued(b, ((1, 1), (2, 1)), return_exceptions=True)
         g.fail = False
         out = await b.submit(rows(5), ["y"], 1, None)
         await b.stop()
@@ -353,10 +355,7 @@ def test_adaptive_delay_under_load_waits_once_per_batch(sleeps):
 
     async def scenario():
         b = Batcher(g, max_batch=8, max_delay_s=0.5)
-        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2)]
-        await asyncio.sleep(0)
-        b.start()
-        await asyncio.gather(*futs)
+        await start_with_queued(b, ((1, 1), (2, 1)))
         assert b.last_jobs == 2
         await b.submit(rows(3), ["y"], 1, None)
         assert b.last_jobs == 1
@@ -372,10 +371,7 @@ def test_adaptive_delay_not_when_the_queue_already_fills_a_batch(sleeps):
 
     async def scenario():
         b = Batcher(g, max_batch=4, max_delay_s=0.5)
-        futs = [asyncio.ensure_future(b.submit(rows(k, 2), ["y"], 2, None)) for k in (1, 2)]
-        await asyncio.sleep(0)
-        b.start()
-        await asyncio.gather(*futs)
+        await start_with_queued(b, ((1, 2), (2, 2)))
         await b.stop()
 
     run(scenario)
@@ -387,10 +383,7 @@ def test_adaptive_delay_off_by_default(sleeps):
 
     async def scenario():
         b = Batcher(g, max_batch=8)
-        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2, 3)]
-        await asyncio.sleep(0)
-        b.start()
-        await asyncio.gather(*futs)
+        await start_with_queued(b, ((1, 1), (2, 1), (3, 1)))
         await b.stop()
 
     run(scenario)
@@ -463,10 +456,7 @@ def test_a_failed_batch_is_logged_with_the_graph_and_size(caplog):
 
     async def scenario():
         b = Batcher(g, max_batch=8)
-        futs = [asyncio.ensure_future(b.submit(rows(k), ["y"], 1, None)) for k in (1, 2)]
-        await asyncio.sleep(0)
-        b.start()
-        await asyncio.gather(*futs, return_exceptions=True)
+        await start_with_queued(b, ((1, 1), (2, 1)), return_exceptions=True)
         await b.stop()
 
     with caplog.at_level("ERROR", logger="glassbox.serving"):

@@ -78,6 +78,16 @@ def test_any_tensor_request_is_a_batch_or_invalid_argument(t):
         assert x.tobytes() == t.data
 
 
+def damage(draw, data: bytes, kind: str) -> bytes:
+    """``data`` cut short ("cut"), with one byte changed ("flip"), or as it is (any other kind)."""
+    data = bytearray(data)
+    if kind == "cut":
+        data = data[:draw(st.integers(0, len(data) - 1))]
+    elif kind == "flip":
+        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+    return bytes(data)
+
+
 @st.composite
 def image_files(draw):
     """PNG/JPEG files of any size and mode, some cut short or with a byte changed, and plain junk."""
@@ -90,13 +100,7 @@ def image_files(draw):
     img = Image.fromarray(draw(hnp.arrays(np.uint8, (h, w, 3) if mode in ("RGB", "RGBA") else (h, w))))
     buf = io.BytesIO()
     img.convert(mode).save(buf, format=fmt)
-    data = bytearray(buf.getvalue())
-    if kind == "cut":
-        data = data[:draw(st.integers(0, len(data) - 1))]
-    elif kind == "flip":
-        i = draw(st.integers(0, len(data) - 1))
-        data[i] ^= draw(st.integers(1, 255))
-    return bytes(data)
+    return damage(draw, buf.getvalue(), kind)
 
 
 @PROPERTY
@@ -217,12 +221,7 @@ def cifar_batches(draw):
                                      hnp.array_shapes(min_dims=0, max_dims=3, max_side=4)))
         d = draw(st.dictionaries(st.sampled_from([b"data", b"labels", "data", b"x"]), value, max_size=3))
         return pickle.dumps(d if draw(st.booleans()) else {**good, **d})
-    data = bytearray(pickle.dumps(good))
-    if kind == "cut":
-        data = data[:draw(st.integers(0, len(data) - 1))]
-    elif kind == "flip":
-        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
-    return bytes(data)
+    return damage(draw, pickle.dumps(good), kind)
 
 
 @PROPERTY
@@ -252,14 +251,8 @@ def npz_bytes(x, y, names, compressed):
 def npz_files(draw):
     """An LFW-style npz (x, y, names), stored or deflated, then cut short or with a byte changed."""
     n = draw(st.integers(0, 3))
-    data = bytearray(npz_bytes(np.zeros((n, 2, 2, 3), np.uint8), np.arange(n) % 2, np.array(["a", "b"]),
-                               draw(st.booleans())))
-    kind = draw(st.sampled_from(["as is", "cut", "flip"]))
-    if kind == "cut":
-        data = data[:draw(st.integers(0, len(data) - 1))]
-    elif kind == "flip":
-        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
-    return bytes(data)
+    data = npz_bytes(np.zeros((n, 2, 2, 3), np.uint8), np.arange(n) % 2, np.array(["a", "b"]), draw(st.booleans()))
+    return damage(draw, data, draw(st.sampled_from(["as is", "cut", "flip"])))
 
 
 @PROPERTY

@@ -224,14 +224,12 @@ def train(**o):
         _fail(str(e))
     finally:
         shutdown()
-    if not _main_only():
-        _leave_torchrun_worker()
-        return
-    click.echo(f"{cfg['name']}: "
-               + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in metrics.items()
-                           if k.startswith(("test_", "best_", "exported", "epochs_run", "time_budget"))))
-    click.echo(f"checkpoint: {out / 'best.pt'}")
+    if _main_only():
+        click.echo(f"{cfg['name']}: "
+                   + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in metrics.items()
+                               if k.startswith(("test_", "best_", "exported", "epochs_run", "time_budget"))))
+        click.echo(f"checkpoint: {out / 'best.pt'}")
     _leave_torchrun_worker()
 
 
