@@ -21,7 +21,7 @@ from glassbox.data.splits import (
     stratified_mask,
     train_val_split,
 )
-from tests.data_fixtures import CIFAR_CLASSES, idx_bytes, write_cifar_pickles
+from tests.helpers.data import CIFAR_CLASSES, idx_bytes, write_cifar_pickles
 
 # --- IDX ------------------------------------------------------------------------------------------
 

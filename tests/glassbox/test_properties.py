@@ -30,8 +30,8 @@ from glassbox.data.lfw import load_lfw_npz
 from serving import tensors
 from serving._generated.glassbox.v1 import glassbox_pb2 as pb
 from serving.errors import InvalidArgument
-from tests.data_fixtures import idx_bytes, write_cifar_pickles
-from tests.serving_fakes import infer_request, servicer
+from tests.helpers.data import idx_bytes, write_cifar_pickles
+from tests.helpers.fakes import infer_request, servicer
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MANIFEST = {"input": {"name": "input", "shape": [-1, 1, 4, 4]}, "max_batch_size": 3,

@@ -14,10 +14,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from glassbox.io import sha256
 from glassbox.manifest import MAX_QUEUE_DELAY_US
+from tests.helpers.paths import BLOCK_TORCH
 from training.export import triton
 from training.export.triton import TritonLayoutWarning, write_triton_repository
-
-from conftest import BLOCK_TORCH
 
 ONNX_TYPES = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.INT64: mc.TYPE_INT64}
 

@@ -16,8 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from glassbox.data import load_dataset, preprocess
-
-from conftest import SLOW_LOAD, free_port, start_server, stop_server
+from tests.helpers.server import SLOW_LOAD, free_port, start_server, stop_server
 
 LIMIT_MB = 2  # --max-message-mb: the gRPC message limit and the HTTP body limit
 

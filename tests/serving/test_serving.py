@@ -15,8 +15,7 @@ from PIL import Image
 
 from glassbox.data import load_dataset, preprocess
 from serving.client import GlassboxClient, GlassboxError
-
-from conftest import SLOW_LOAD, free_port, start_server, stop_server
+from tests.helpers.server import SLOW_LOAD, free_port, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -366,8 +365,8 @@ def test_signal_under_load_loses_no_accepted_call(repository, sig):
     server is gone; the signal comes while their calls are in flight. Every call sent before it is answered
     OK (gRPC core cancels the calls it has queued for a servicer when it stops: server.drain), later ones
     OK or UNAVAILABLE, none CANCELLED; health says NOT_SERVING before the server goes; exit 0 within the
-    grace period (conftest.signal_under_load, shared with the multi-worker test)."""
-    from conftest import signal_under_load
+    grace period (tests.helpers.server.signal_under_load, shared with the multi-worker test)."""
+    from tests.helpers.server import signal_under_load
     proc, address = start_server(repository, "--grace", "10")
     try:
         signal_under_load(proc, address, sig)
@@ -416,7 +415,7 @@ def test_server_down_is_one_clear_error():
 
 @pytest.mark.parametrize("block", ["sys.modules", "import hook"])
 def test_serving_imports_without_torch(block):
-    from conftest import BLOCK_TORCH
+    from tests.helpers.paths import BLOCK_TORCH
     prelude = "import sys\nsys.modules['torch'] = None\n" if block == "sys.modules" else BLOCK_TORCH
     code = prelude + ("import serving, serving.server, serving.client, serving.repository, serving.v2, serving.domain, "
                       "serving.batcher, serving.tensors, serving.codegen\nprint('ok')")

@@ -3,8 +3,8 @@ augmentation, `train-all` with its default export, --only and --resume, training
 input of another size through the server, several versions of one model with the newest served, and the
 server's device choice when a CUDA provider is installed but cannot run.
 
-Already covered elsewhere (not repeated here): training on MNIST (tests/test_studies.py, the mnist studies
-through train-all), health NOT_SERVING during shutdown (conftest.signal_under_load, run by
+Already covered elsewhere (not repeated here): training on MNIST (tests/training/test_studies.py, the mnist studies
+through train-all), health NOT_SERVING during shutdown (tests.helpers.server.signal_under_load, run by
 test_serving.py::test_signal_under_load_loses_no_accepted_call and test_workers.py), v2 REST on
 cvae.encoder / cvae.decoder (test_http.py); v2 gRPC on them: test_serving.py::test_tritonclient_v2.
 """
@@ -21,8 +21,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from glassbox.data import load_dataset, preprocess
-
-from conftest import ROOT, start_server, stop_server, tiny_profile
+from tests.helpers.files import tiny_profile
+from tests.helpers.paths import ROOT
+from tests.helpers.server import start_server, stop_server
 
 
 def encode(arr: np.ndarray, fmt: str, **kw) -> bytes:

@@ -5,14 +5,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.helpers.files import tiny_profile
 from training.augment import augment, augments_anything, random_crop, random_erase, random_hflip
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.cli import train, train_all
 from training.config import ConfigError, load_profile, resolve_config
 from training.engine import build_optimizer, build_scheduler, compute_loss, fit
 from training.models import create_model
-
-from conftest import tiny_profile
 
 
 def _cfg(fmnist_dir, **over):
@@ -99,7 +98,7 @@ def test_vae_run_reports_loss(fmnist_dir, tmp_path):
     scores that plus its KL; ~310 measured) by a margin. Catches a VAE that does not learn (the former setting, 7
     steps in warmup, scored 512 and passed ``< 600``), a loss that is not the ELBO per image, or test scoring on
     something else."""
-    from baselines import mean_image
+    from tests.helpers.baselines import mean_image
     cfg = resolve_config({"model": "cvae", "epochs": 1, "batch_size": 16, "schedule": {"name": "constant"},
                           "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 0.0},
                           "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 1500}})
@@ -270,7 +269,7 @@ def test_train_all_tiny_profile(fmnist_dir, tmp_path):
     baseline measured here by a margin: lenet's test accuracy the majority class's share (10%), mlpvae's test
     loss the mean training image's nats. Catches runs that train nothing (chance accuracy passed the old
     ``0 < acc <= 1``) or a summary that reports another run's numbers."""
-    from baselines import mean_image
+    from tests.helpers.baselines import mean_image
     profile = tmp_path / "tiny.toml"
     tiny_profile(profile, fmnist_dir, defaults='optimizer = { name = "adam", lr = 0.003, weight_decay = 0.0 }\n',
                  runs=f"""[[runs]]

@@ -23,7 +23,7 @@ from training.config import ConfigError, load_profile, profile_time_budget, reso
 from training.engine import autocast, build_optimizer, build_scheduler, fit, schedule_factor
 from training.models import create_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"progress": False, "log": lambda *_: None}
 
 

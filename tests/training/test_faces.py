@@ -1,25 +1,25 @@
 """The faces (reports 000 and 002): LFW crop and size, the faces studies in tiny versions through their
 own configs, the VAE's L1 loss, and ``analyze vae`` by person name against a real server.
 
-    OMP_NUM_THREADS=1 .venv/bin/pytest tests/test_faces.py
+    OMP_NUM_THREADS=1 .venv/bin/pytest tests/training/test_faces.py
 """
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from data_fixtures import write_lfw_folders
 from PIL import Image
 
 from analysis.cli import cli
 from analysis.report import _faces as faces_section
 from glassbox.data import DatasetNotFound, load_dataset
 from glassbox.data.lfw import crop_npz
+from tests.helpers.data import write_lfw_folders
+from tests.helpers.files import strict_json
+from tests.helpers.server import start_server, stop_server
 from training.config import ConfigError, find_config, load_profile, resolve_config
 from training.engine import fit
 from training.models import create_model
 from training.tasks import vae_loss
-
-from conftest import start_server, stop_server, strict_json
 
 PEOPLE = {"Ann_Smith": 12, "Bob_Jones": 10, "Carla_Diaz": 10, "Dan_Brown": 8}  # 40 faces
 

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from serving._generated.glassbox.v1 import glassbox_pb2 as pb
-
-from conftest import ROOT, start_server, stop_server
+from tests.helpers.paths import ROOT
+from tests.helpers.server import start_server, stop_server
 
 DOMAIN = "/glassbox.v1.Glassbox/"
 V2 = "/inference.GRPCInferenceService/"

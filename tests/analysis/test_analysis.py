@@ -79,7 +79,7 @@ def test_vae(common, fmnist_dir, tmp_path):
     here, ~0.087; a decoder answering 0.5 everywhere scores 0.170 and passed the former ``mse < 0.2``) and its BCE
     beats the mean image's nats. Catches a VAE whose reconstructions ignore the input, or an MSE computed on
     something else than the test images against their reconstructions."""
-    from baselines import mean_image
+    from tests.helpers.baselines import mean_image
     r = run("vae", *common, "--model", "cvae", "--pair", "3,17", "--steps", "6", "--images", "300",
             "--out", str(tmp_path))
     assert r.exit_code == 0, r.output
@@ -101,19 +101,19 @@ def test_report_renders_in_chromium(common, tmp_path):
     assert "http://" not in page and "https://" not in page, "the report must read offline"
     n_images = page.count("<img ")
     assert n_images >= 8
-    from test_analysis_units import chromium_decoded
+    from tests.analysis.test_units import chromium_decoded
     decoded, total = chromium_decoded(tmp_path / "report.html")
     assert decoded == total == n_images
 
 
 def test_server_down_is_one_line_and_nonzero(tmp_path):
-    from conftest import free_port
+    from tests.helpers.server import free_port
     r = run("accuracy", "--server", f"127.0.0.1:{free_port()}", "--model", "lenet", "--out", str(tmp_path))
     assert r.exit_code == 1 and "no Glassbox server" in r.output and "Traceback" not in r.output
 
 
 def test_analysis_imports_without_torch():
-    from conftest import BLOCK_TORCH
+    from tests.helpers.paths import BLOCK_TORCH
     code = BLOCK_TORCH + ("import analysis.cli, analysis.report, analysis.embeddings, analysis.vae, analysis.gradcam\n"
                           "print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

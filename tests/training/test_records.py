@@ -1,6 +1,6 @@
 """The record runs' levers: EMA of the weights, test-time flips, the speed-run CIFAR net.
 
-    .venv/bin/python -m pytest -q tests/test_records.py
+    .venv/bin/python -m pytest -q tests/training/test_records.py
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from training.models import create_model, list_models, model_info
 CLASSIFIERS = list_models("classifier")
 VAES = list_models("vae")
 # Heavy models in a small form of the same architecture (ResNet-50: 1 Bottleneck per stage, narrow
-# groups); tests/test_longtail.py checks the full-size one's shapes and layers.
+# groups); tests/training/test_longtail.py checks the full-size one's shapes and layers.
 SMALL = {"resnet50": {"blocks": [1, 1, 1, 1], "width_per_group": 16}}
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import start_server, stop_server
+from tests.helpers.server import start_server, stop_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("glassbox", "training", "serving", "analysis")
 
 

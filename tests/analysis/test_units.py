@@ -1,7 +1,7 @@
 """The pure parts of the analysis CLI on synthetic arrays: metrics, figures, t-SNE, the HTML page.
 
 No server and no dataset files: these run in a few seconds and pin down the numbers the
-end-to-end tests (tests/test_analysis.py) only check for sense.
+end-to-end tests (tests/analysis/test_analysis.py) only check for sense.
 """
 import base64
 import json

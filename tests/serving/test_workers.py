@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from serving.client import GlassboxClient, ServerUnavailable, addresses
-
-from conftest import free_port, signal_under_load, start_server, stop_server
+from tests.helpers.server import free_port, signal_under_load, start_server, stop_server
 
 
 def children(pid: int) -> list[int]:

@@ -3,7 +3,7 @@ augmentation, class-balanced sampling, the class-weighted and logit-adjusted los
 accuracy in metrics.json and `analyze compare`, tiny runs of the cifar-* studies through their own
 configs on real CIFAR-10 images, and ResNet-50's shapes, layers and export parity.
 
-    OMP_NUM_THREADS=1 .venv/bin/pytest tests/test_longtail.py
+    OMP_NUM_THREADS=1 .venv/bin/pytest tests/training/test_longtail.py
 """
 import json
 

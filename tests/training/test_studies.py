@@ -34,8 +34,8 @@ def data_dir(shared_data, fmnist_dir, tmp_path_factory):
     return d
 
 
-# The CIFAR-10 studies of report 003 run tiny in tests/test_longtail.py (ResNet-50 in a small form there),
-# the faces studies in tests/test_faces.py (on tiny LFW folders in the real layout).
+# The CIFAR-10 studies of report 003 run tiny in tests/training/test_longtail.py (ResNet-50 in a small form there),
+# the faces studies in tests/training/test_faces.py (on tiny LFW folders in the real layout).
 @pytest.mark.parametrize("name", [s for s in list_studies() if s not in ("regularization-mnist", "distill-mnist")
                                   and not s.startswith(("cifar-", "faces-"))])
 def test_every_study_runs_tiny(name, data_dir, tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 from serving import tensors
 from serving._generated.glassbox.v1 import glassbox_pb2 as pb
 from serving.errors import InvalidArgument, NotFound, ServingError
-from tests.serving_fakes import infer_request, servicer
+from tests.helpers.fakes import infer_request, servicer
 
 SPEC = {"channels": 1, "size": [4, 4], "mean": [0.5], "std": [0.25]}
 MANIFEST = {"input": {"name": "input", "shape": [-1, 1, 4, 4]}, "preprocessing": SPEC, "max_batch_size": 3}

@@ -2,7 +2,7 @@
 the train-all contract (study.json, summary.json, <variant>/history.json, metrics.json, config.json,
 first_layer.npy, snapshots/index.json + exported ONNX snapshots).
 
-    .venv/bin/python -m pytest -q tests/test_compare.py -p no:cacheprovider
+    .venv/bin/python -m pytest -q tests/analysis/test_compare.py -p no:cacheprovider
 
 The study folders are synthetic (numbers chosen so the right answers are known); the snapshot
 models are real ONNX exports of untrained torch models, run on real Fashion-MNIST test images.
@@ -20,8 +20,7 @@ from matplotlib.colors import to_hex
 from analysis import compare, plots
 from analysis.cli import cli
 from glassbox.data import dataset_info
-
-from conftest import strict_json
+from tests.helpers.files import strict_json
 
 CLASSES = dataset_info("fashion-mnist")["classes"]
 VARIANTS = ["none", "l2", "l1"]

@@ -1,7 +1,7 @@
 """More of the analysis CLI end to end (the session-wide real server of tests/conftest.py: a briefly
 trained lenet, mlp and cvae on Fashion-MNIST, and a corrupt 'broken' model that never gets ready).
 
-tests/test_analysis.py checks each command once; this file checks the numbers against the dataset
+tests/analysis/test_analysis.py checks each command once; this file checks the numbers against the dataset
 itself, the JSON beside the figures, the defaults (every ready model in the report, random VAE
 pairs, the predicted class), a VAE's latent space, the progress bars and the usage errors.
 """
@@ -13,8 +13,7 @@ from click.testing import CliRunner
 
 from analysis.cli import cli
 from glassbox.data import load_dataset
-
-from conftest import strict_json
+from tests.helpers.files import strict_json
 
 
 def run(*args):

@@ -1,6 +1,6 @@
 """glassbox.data: readers on tiny files in every real format, the real data, errors, splits, preprocess.
 
-Fast by design (a few seconds): the tiny files come from tests/data_fixtures.py; the real data read
+Fast by design (a few seconds): the tiny files come from tests/helpers/data.py; the real data read
 here is Fashion-MNIST, MNIST and the LFW npz (IDX and npz are a single read each); the real CIFAR-10
 zip (60,000 JPEGs) is left to the reader tests on a tiny zip of the same layout.
 """
@@ -31,7 +31,7 @@ from glassbox.data import (
 )
 from glassbox.data import datasets as loader
 from glassbox.data.registry import SYSTEM_DIRS
-from tests.data_fixtures import (
+from tests.helpers.data import (
     CIFAR_CLASSES,
     idx_bytes,
     jpeg,
@@ -43,7 +43,7 @@ from tests.data_fixtures import (
     write_lfw_npz,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
