@@ -199,6 +199,24 @@ def test_report_page_is_self_contained_and_decodes(tmp_path):
     assert chromium_decoded(page) == (2, 2)
 
 
+
+def test_report_escapes_every_name_from_a_manifest_or_study(tmp_path):
+    """Names, labels and captions come from files the report does not control: the page must show them
+    as text, never as markup (the template is autoescaped)."""
+    evil = '<script>alert("x")</script>'
+    man = {"name": "m", "version": 1, "task": "classifier", "dataset": evil, "labels": [evil], "cam_layer": evil,
+           "provider": evil, "source": {"metrics": {"test_acc": 0.5}}}
+    acc = {"accuracy": 0.5, "images": 2, "dataset": evil,
+           "per_class": [{"class": evil, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}]}
+    study = {"study": {"name": evil, "title": evil, "report": evil, "notes": evil}, "out": str(tmp_path / "s"),
+             "metric": "acc", "figures": [], "columns": [("variant", evil)], "rows": [{"variant": evil}]}
+    page = report.render({"m": {"manifest": man, "accuracy": acc, "gradcam": {}}}, tmp_path, evil,
+                         studies=[study]).read_text()
+    assert "<script>" not in page
+    shown = page.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;")
+    assert shown >= 9, page  # server, dataset x2, provider, class, cam layer, study name x2, title, report, ...
+    assert "<td>0.5</td>" in page and "Training: test_acc = 0.5" in page
+
 # --- no torch ----------------------------------------------------------------------------------------
 
 def test_imports_without_torch():
