@@ -1,7 +1,9 @@
 """The ``exported/`` manifest contract: its schema, its validation, and file integrity.
 
 Export validates a manifest before publishing a version; the server validates every manifest it
-loads with the same function and checks every file's sha256 with ``verify_files``.
+loads with the same function and checks every file's sha256 with ``verify_files``. Which fields must
+be there, and of what type, is a set of pydantic models (``Manifest`` and its sections); how the
+fields must agree with each other (graphs and task, tensors and layers, files) is checked below them.
 
     from glassbox.manifest import validate_manifest, verify_files, versions
     problems = validate_manifest(json.loads(Path("exported/lenet/1/manifest.json").read_text()))
@@ -11,6 +13,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .io import sha256
 
@@ -60,12 +65,65 @@ def verify_files(version_dir: str | os.PathLike) -> list[str]:
     return problems
 
 
-MANIFEST_FIELDS = {
-    "format": int, "name": str, "version": int, "task": str, "dataset": str, "model": dict, "input": dict,
-    "preprocessing": dict, "labels": list, "layers": list, "cam_layer": (str, type(None)),
-    "latent_dim": (int, type(None)), "opset": int, "max_batch_size": int, "graphs": dict, "files": dict,
-    "source": dict, "training": dict, "versions": dict, "parity": dict,
-}
+class _Fields(BaseModel):
+    """A part of the manifest schema: which fields must be there and of what type. The manifest stays
+    a dict for its readers; these models only check it."""
+    # strict: "1" is not the version 1 nor 2.0 the opset 2; extra fields are allowed (the readers ignore them).
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class Manifest(_Fields):
+    format: int
+    name: str
+    version: int
+    task: str
+    dataset: str
+    model: dict
+    input: dict
+    preprocessing: dict
+    labels: list
+    layers: list
+    cam_layer: str | None
+    latent_dim: int | None
+    opset: int
+    max_batch_size: int
+    graphs: dict
+    files: dict
+    source: dict
+    training: dict
+    versions: dict
+    parity: dict
+
+
+class ModelSpec(_Fields):
+    arch: Any
+    args: Any
+
+
+class Preprocessing(_Fields):
+    channels: Any
+    size: Any
+    mean: Any
+    std: Any
+
+
+class Source(_Fields):
+    checkpoint: Any
+    sha256: Any
+    config: Any
+    metrics: Any
+
+
+class Training(_Fields):
+    history: Any
+
+
+class Versions(_Fields):
+    torch: Any
+    onnx: Any
+    onnxruntime: Any
+
+
 GRAPH_IO = {  # graph -> (input names, required output names)
     "classifier": (["input"], ["logits", "probabilities"]),
     "gradcam": (["input", "target"], ["cam", "logits"]),
@@ -74,12 +132,49 @@ GRAPH_IO = {  # graph -> (input names, required output names)
 }
 
 
+def _want(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(get_args(annotation))
+
+
+def _fields(schema: type[_Fields], data: dict, prefix: str = "") -> list[str]:
+    """Missing fields, then mistyped ones, each in the schema's order, one line each."""
+    try:
+        schema.model_validate(data)
+        return []
+    except ValidationError as e:
+        wrong = {err["loc"][0]: err["type"] for err in e.errors()}
+    fields = [k for k in schema.model_fields if k in wrong]
+    return ([f"{prefix}{k}: missing" for k in fields if wrong[k] == "missing"]
+            + [f"{prefix}{k}: {type(data[k]).__name__}, want {_want(schema.model_fields[k].annotation)}"
+               for k in fields if wrong[k] != "missing"])
+
+
+def _graph(gname: str, g: dict, m: dict) -> list[str]:
+    """Problems with one graph of a manifest: its tensors' names, shapes and dtypes, and its files."""
+    problems = []
+    ins, outs = GRAPH_IO[gname]
+    got_in = [t.get("name") for t in g.get("inputs", [])]
+    got_out = [t.get("name") for t in g.get("outputs", [])]
+    if got_in != ins:
+        problems.append(f"graphs.{gname}.inputs: {got_in}, want {ins}")
+    if got_out[:len(outs)] != outs:
+        problems.append(f"graphs.{gname}.outputs: {got_out}, want {outs} first")
+    if gname == "classifier" and got_out[2:] != [layer.get("name") for layer in m["layers"]]:
+        problems.append(f"graphs.classifier.outputs: layers {got_out[2:]} differ from manifest layers")
+    for t in g.get("inputs", []) + g.get("outputs", []):
+        if not t.get("shape") or t["shape"][0] != -1 or t.get("dtype") not in ("float32", "int64"):
+            problems.append(f"graphs.{gname}: tensor {t} needs a dynamic batch axis and a dtype")
+    if "triton_name" not in g:
+        problems.append(f"graphs.{gname}.triton_name: missing")
+    for f in (g.get("file"), f"{gname}.config.pbtxt"):
+        if f not in m["files"]:
+            problems.append(f"files: {f} of graph {gname} has no sha256")
+    return problems
+
+
 def validate_manifest(m: dict) -> list[str]:
     """Problems with a manifest against docs/architecture.md §4 (empty when it is valid)."""
-    problems = [f"{k}: missing" for k in MANIFEST_FIELDS if k not in m]
-    problems += [f"{k}: {type(m[k]).__name__}, want {getattr(t, '__name__', t)}"
-                 for k, t in MANIFEST_FIELDS.items() if k in m and not isinstance(m[k], t)]
-    if problems:
+    if problems := _fields(Manifest, m):
         return problems
     task = m["task"]
     want_graphs = {"classifier": {"classifier", "gradcam"} if m["cam_layer"] else {"classifier"},
@@ -90,22 +185,11 @@ def validate_manifest(m: dict) -> list[str]:
         problems.append(f"graphs: {sorted(m['graphs'])}, want {sorted(want_graphs)}")
     if set(m["parity"]) != set(m["graphs"]):
         problems.append(f"parity: records for {sorted(m['parity'])}, graphs are {sorted(m['graphs'])}")
-    for k in ("arch", "args"):
-        if k not in m["model"]:
-            problems.append(f"model.{k}: missing")
-    for k in ("channels", "size", "mean", "std"):
-        if k not in m["preprocessing"]:
-            problems.append(f"preprocessing.{k}: missing")
+    problems += _fields(ModelSpec, m["model"], "model.") + _fields(Preprocessing, m["preprocessing"], "preprocessing.")
     if m["input"].get("name") != "input" or (m["input"].get("shape") or [None])[0] != -1:
         problems.append(f"input: {m['input']}, want name 'input' with a dynamic batch axis (-1)")
-    for k in ("checkpoint", "sha256", "config", "metrics"):
-        if k not in m["source"]:
-            problems.append(f"source.{k}: missing")
-    if "history" not in m["training"]:
-        problems.append("training.history: missing")
-    for k in ("torch", "onnx", "onnxruntime"):
-        if k not in m["versions"]:
-            problems.append(f"versions.{k}: missing")
+    problems += (_fields(Source, m["source"], "source.") + _fields(Training, m["training"], "training.")
+                 + _fields(Versions, m["versions"], "versions."))
     if m["opset"] < 18:
         problems.append(f"opset: {m['opset']} < 18")
     if task == "classifier":
@@ -116,23 +200,6 @@ def validate_manifest(m: dict) -> list[str]:
     elif m["labels"] or m["layers"] or m["cam_layer"] is not None or not m["latent_dim"]:
         problems.append("vae: labels and layers must be empty, cam_layer null, latent_dim set")
     for gname, g in m["graphs"].items():
-        if gname not in GRAPH_IO:
-            continue
-        ins, outs = GRAPH_IO[gname]
-        got_in = [t.get("name") for t in g.get("inputs", [])]
-        got_out = [t.get("name") for t in g.get("outputs", [])]
-        if got_in != ins:
-            problems.append(f"graphs.{gname}.inputs: {got_in}, want {ins}")
-        if got_out[:len(outs)] != outs:
-            problems.append(f"graphs.{gname}.outputs: {got_out}, want {outs} first")
-        if gname == "classifier" and got_out[2:] != [layer.get("name") for layer in m["layers"]]:
-            problems.append(f"graphs.classifier.outputs: layers {got_out[2:]} differ from manifest layers")
-        for t in g.get("inputs", []) + g.get("outputs", []):
-            if not t.get("shape") or t["shape"][0] != -1 or t.get("dtype") not in ("float32", "int64"):
-                problems.append(f"graphs.{gname}: tensor {t} needs a dynamic batch axis and a dtype")
-        if "triton_name" not in g:
-            problems.append(f"graphs.{gname}.triton_name: missing")
-        for f in (g.get("file"), f"{gname}.config.pbtxt"):
-            if f not in m["files"]:
-                problems.append(f"files: {f} of graph {gname} has no sha256")
+        if gname in GRAPH_IO:
+            problems += _graph(gname, g, m)
     return problems
