@@ -6,7 +6,10 @@
     export --layout triton --out triton_repo       # exported/ as a Triton model repository (torch-free)
     export runs/quick --layout triton --out DIR    # export, then write those models' Triton layout
 
-Exit codes: 0 all exported; 1 a parity gate refused a model (nothing written for it);
+    export runs/quick/resnet --quantize int8       # also resnet-int8, if it passes the INT8 gates
+
+Exit codes: 0 all exported; 1 a parity gate refused a model, or an INT8 gate refused its variant
+(nothing written for it; an INT8 refusal is one line naming the gate and both figures);
 2 a usage error, a missing checkpoint or a missing dataset (one line on stderr each).
 With ``--layout triton``, models or versions left out of the Triton layout (corrupted, or inputs
 and outputs that differ from the newest version's) are one ``warning:`` line each on stderr.
@@ -66,7 +69,11 @@ def _fail(message: str, code: int):
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="The Triton model repository to write (with --layout triton): <out>/<v2 name>/config.pbtxt "
                    "and <out>/<v2 name>/<version>/model.onnx; same-named models in it are replaced.")
-def export(paths, repository, name, parity_images, data_dir, layout, out):
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also publish <name>-int8: static QDQ int8 quantization calibrated on training images, kept "
+                   "only if top-1 drops <= 0.5 points, batch-32 latency is >= 1.2x lower and Grad-CAM agrees "
+                   "(top-10% IoU >= 0.8); see training/export/quantize.py.")
+def export(paths, repository, name, parity_images, data_dir, layout, out, quantize):
     """Export checkpoints to ONNX graphs in the model repository, gated by a parity check.
 
     CHECKPOINT_OR_RUN_DIR is a checkpoint file (best.pt), a run directory holding best.pt, or a
@@ -86,7 +93,7 @@ def export(paths, repository, name, parity_images, data_dir, layout, out):
         if layout != "triton":
             _fail("missing CHECKPOINT_OR_RUN_DIR (or --layout triton --out DIR to convert the repository)", 2)
         sys.exit(_write_triton(repository, out, None))
-    code, names = _export(paths, repository, name, parity_images, data_dir)
+    code, names = _export(paths, repository, name, parity_images, data_dir, quantize)
     if layout == "triton" and names:
         code = max(code, _write_triton(repository, out, names))
     sys.exit(code)
@@ -117,7 +124,7 @@ def _write_triton(repository: str, out: str, models: list[str] | None) -> int:
     return 0
 
 
-def _export(paths, repository, name, parity_images, data_dir) -> tuple[int, list[str]]:
+def _export(paths, repository, name, parity_images, data_dir, quantize=None) -> tuple[int, list[str]]:
     """Export checkpoints into ``repository``: the exit code and the names of the models written."""
     from glassbox.data import DatasetError
 
@@ -151,8 +158,30 @@ def _export(paths, repository, name, parity_images, data_dir) -> tuple[int, list
         agree = [rec["argmax_agreement"] for rec in parity.values() if "argmax_agreement" in rec]
         rows.append((r.name, r.version, ",".join(r.manifest["graphs"]), worst, min(agree) if agree else None,
                      r.seconds))
+        if quantize:
+            code = max(code, _quantize(ck, r.path, repository, data_dir))
     if rows:
         click.echo(f"{'model':24s} {'version':>7s}  {'graphs':18s} {'max abs err':>11s} {'argmax':>7s} {'seconds':>8s}")
         for m, v, g, err, agree, s in rows:
             click.echo(f"{m:24s} {v:7d}  {g:18s} {err:11.2e} {'-' if agree is None else f'{agree:.1%}':>7s} {s:8.1f}")
     return code, list(dict.fromkeys(r[0] for r in rows))
+
+
+def _quantize(ck, version_dir, repository, data_dir) -> int:
+    """The INT8 variant of a just-exported version: one line either way; 1 when a gate refused it."""
+    from glassbox.data import DatasetError
+
+    from .quantize import QuantizeRefused, export_int8
+    try:
+        q = export_int8(version_dir, repository, data_dir=data_dir)
+    except QuantizeRefused as e:
+        click.echo(f"error: {ck}: {e}", err=True)
+        return 1
+    except (DatasetError, ValueError) as e:
+        click.echo(f"error: {ck}: int8: {' '.join(str(e).split())}", err=True)
+        return 2
+    g = q.manifest["quantization"]["gates"]
+    cam = f", Grad-CAM top-10% IoU {g['explanations']['mean_iou']:.3f}" if "explanations" in g else ""
+    click.echo(f"{q.name}/{q.version}: top-1 {g['accuracy']['int8']:.2%} (fp32 {g['accuracy']['fp32']:.2%}), "
+               f"batch-32 {g['speed']['speedup']:.2f}x faster{cam}")
+    return 0
