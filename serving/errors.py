@@ -1,4 +1,5 @@
-"""Errors a request can earn, each mapped to its gRPC status code by the servicers."""
+"""Errors: those a request can earn, each mapped to its gRPC status code by the servicers, and those that stop
+the server from starting."""
 import grpc
 
 
@@ -28,3 +29,20 @@ class DeadlineExceeded(ServingError):
 
 class FailedPrecondition(ServingError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StartupError(Exception):
+    """The server cannot start as asked (a bad option, a missing repository, a port in use); the ``serve``
+    CLI prints it as one line and exits 2. Library code raises it, never a click error."""
+
+
+class BadOption(StartupError):
+    pass
+
+
+class RepositoryMissing(StartupError):
+    pass
+
+
+class PortUnavailable(StartupError):
+    pass

@@ -15,6 +15,8 @@ import onnxruntime as ort
 
 from glassbox.manifest import read_manifest, verify_files
 
+from .errors import RepositoryMissing
+
 log = logging.getLogger("glassbox.serving")
 
 
@@ -154,14 +156,14 @@ class Repository:
     def __init__(self, root: str | Path, **session_options):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"model repository {self.root} does not exist (run train-all or export first)")
+            raise RepositoryMissing(f"model repository {self.root} does not exist (run train-all or export first)")
         self.models: dict[str, dict[int, Model]] = {}
         for mdir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             versions = (p for p in mdir.iterdir() if p.is_dir() and p.name.isdigit())
             for vdir in sorted(versions, key=lambda p: int(p.name)):
                 self.models.setdefault(mdir.name, {})[int(vdir.name)] = load_model(vdir, **session_options)
         if not self.models:
-            raise FileNotFoundError(f"model repository {self.root} holds no <model>/<version>/ directories")
+            raise RepositoryMissing(f"model repository {self.root} holds no <model>/<version>/ directories")
         # v2 / Triton names (lenet, lenet.gradcam, cvae.encoder) -> (model name, graph name)
         self.triton_names = {g.triton_name: (m.name, g.name) for m in self.latest_all() for g in m.graphs.values()}
 

@@ -49,6 +49,11 @@ class Runtime:
         self._known = set(repo.models) | set(repo.triton_names)
         self.repo = repo
 
+    async def close(self) -> None:
+        """Stop every batcher (after the drain: nothing is queued any more)."""
+        for b in self.batchers.values():
+            await b.stop()
+
     def repository(self):
         """The loaded repository; UNAVAILABLE until ``attach`` has run."""
         if self.repo is None:

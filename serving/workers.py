@@ -5,7 +5,7 @@ event loop), so several processes listen on the same port: each worker binds it 
 kernel spreads the *connections* (not the calls) over the workers. A client needs several connections to
 use several workers (``GlassboxClient(address, channels=K)``; several addresses work too).
 
-Each worker is this CLI again (``python -m serving.server <the same options> --worker-fd FD``), loading its
+Each worker is this CLI again (``python -m serving.cli <the same options> --worker-fd FD``), loading its
 own onnxruntime sessions; the parent loads nothing and only supervises, over one socket pair per worker:
 
     worker -> parent   "loaded"   its models are loaded (its health still NOT_SERVING)
@@ -33,6 +33,7 @@ own onnxruntime sessions; the parent loads nothing and only supervises, over one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -43,17 +44,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
+from .errors import PortUnavailable
 from .metrics import serve_multiprocess, worker_gone
-from .server import _in_use, check_port
+from .ports import check_port, in_use, pick_port
 
 log = logging.getLogger("glassbox.serving")
 MARGIN_S = 5.0  # past --grace, a worker still running is killed
 
 
-class Supervisor:
-    """A worker's end of its line to the parent (``serve(supervisor=...)``)."""
+class ParentLink:
+    """A worker's end of its line to the parent (``Server(supervisor=...)``)."""
 
     def __init__(self, fd: int):
         self.fd = fd
@@ -61,11 +61,12 @@ class Supervisor:
         self._go = asyncio.Event()
         self._release = asyncio.Event()
 
-    async def open(self, stop: asyncio.Event) -> None:
+    async def open(self, on_gone) -> None:
+        """Start listening to the parent; ``on_gone()`` is called if it goes away."""
         reader, self._writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=self.fd))
-        self._listening = asyncio.ensure_future(self._listen(reader, stop))
+        self._listening = asyncio.ensure_future(self._listen(reader, on_gone))
 
-    async def _listen(self, reader, stop: asyncio.Event) -> None:
+    async def _listen(self, reader, on_gone) -> None:
         try:
             while line := await reader.readline():
                 if line.strip() == b"serve":
@@ -75,17 +76,21 @@ class Supervisor:
         except OSError:
             pass
         self._release.set()  # nobody left to wait for
-        if not stop.is_set():
-            log.warning("the supervising process has gone: shutting down")
-            stop.set()
+        log.warning("the supervising process has gone: shutting down")
+        on_gone()
+
+    async def say(self, word: bytes) -> bool:
+        try:
+            self._writer.write(word + b"\n")
+            await self._writer.drain()
+            return True
+        except OSError:
+            return False  # the parent is gone: _listen calls on_gone
 
     async def all_loaded(self, stop: asyncio.Event) -> bool:
         """Tell the parent this worker has loaded; wait until every worker has (True) or for ``stop`` (False)."""
-        try:
-            self._writer.write(b"loaded\n")
-            await self._writer.drain()
-        except OSError:
-            return False  # the parent is gone: _listen sets stop
+        if not await self.say(b"loaded"):
+            return False
         waits = [asyncio.ensure_future(self._go.wait()), asyncio.ensure_future(stop.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
@@ -94,12 +99,8 @@ class Supervisor:
 
     async def closed(self) -> None:
         """Tell the parent this worker's gRPC takes no more calls; wait until every worker's does (``drain``)."""
-        try:
-            self._writer.write(b"closed\n")
-            await self._writer.drain()
-        except OSError:
-            return
-        await self._release.wait()
+        if await self.say(b"closed"):
+            await self._release.wait()
 
 
 @dataclass
@@ -126,107 +127,122 @@ class _Worker:
         return f"exited with code {code}"
 
 
-def worker_command(options: dict, log_level: str, port: int, fd: int, index: int) -> list[str]:
-    """This CLI with the same options, as one worker: the parent's port (a chosen one for --port 0), no
-    metrics server of its own, the line to the parent on ``fd``."""
-    args = [sys.executable, "-m", "serving.server", "--log-level", log_level, "--worker-fd", str(fd),
+def worker_command(options, log_level: str, fd: int, index: int) -> list[str]:
+    """The ``serve`` CLI with the same options (a ``ServerOptions``), as one worker: the parent's port, no metrics
+    server of its own, the line to the parent on ``fd``."""
+    args = [sys.executable, "-m", "serving.cli", "--log-level", log_level, "--worker-fd", str(fd),
             "--worker-index", str(index)]
-    for name, value in {**options, "port": port, "metrics_port": 0}.items():
-        if value is not None:
-            args += [f"--{name.replace('_', '-')}", str(value)]
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        flag = f"--{field.name.replace('_', '-')}"
+        if field.name == "metrics_port":
+            value = 0
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if v is not None:
+                args += [flag, str(v)]
     return args
 
 
-def _pick_port(host: str) -> int:
-    family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    with socket.socket(family, kind, proto) as s:
-        s.bind(address)
-        return s.getsockname()[1]
+class WorkerPool:
+    """The parent of ``serve --workers N``: spawn the workers, listen to them, stop them all when one
+    crashes or a signal comes, and decide the exit code."""
 
+    def __init__(self, n: int, options, log_level: str = "INFO"):
+        options.check()
+        self.n, self.log_level = n, log_level
+        self.options = dataclasses.replace(options, port=options.port or pick_port(options.host))
+        self.workers: list[_Worker] = []
+        self.stop = asyncio.Event()
+        self._released = False
 
-async def supervise(n: int, options: dict, log_level: str = "INFO") -> int:
-    """Run ``n`` workers of ``serve`` with ``options`` (``main``'s) until SIGTERM / SIGINT; the exit code."""
-    if not Path(options["repository"]).is_dir():
-        raise FileNotFoundError(f"model repository {options['repository']} does not exist "
-                                "(run train-all or export first)")
-    if bool(options.get("tls_cert")) != bool(options.get("tls_key")):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    host = options["host"]
-    try:
-        port = options["port"] or _pick_port(host)
-    except OSError as e:
-        raise OSError(f"--port 0: cannot listen on {host} ({e.strerror or e})") from None
-    check_port(host, port, "--port")  # once here: the workers share it (SO_REUSEPORT) and would not notice
-    if options.get("http_port"):
-        check_port(options["http_host"], options["http_port"], "--http-port")
-    folder = tempfile.mkdtemp(prefix="glassbox-metrics-")
-    try:
-        metrics_port = options.get("metrics_port")
-        if metrics_port:
-            try:
-                serve_multiprocess(folder, metrics_port, host)
-            except OSError as e:
-                raise OSError(f"--metrics-port {metrics_port}: cannot listen on {host}:{metrics_port} "
-                              f"({_in_use(e)}; 0 disables metrics)") from None
-            log.info("metrics of all %d workers on http://%s:%d/metrics", n, host, metrics_port)
-        return await _run(n, options, log_level, port, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    async def run(self) -> int:
+        """Run the workers until SIGTERM / SIGINT or one ends; the exit code."""
+        o = self.options
+        check_port(o.host, o.port, "--port")  # once here: the workers share it (SO_REUSEPORT) and would not notice
+        if o.http_port:
+            check_port(o.http_host, o.http_port, "--http-port")
+        folder = tempfile.mkdtemp(prefix="glassbox-metrics-")
+        try:
+            self._serve_metrics(folder)
+            await self._spawn(folder)
+            return await self._supervise(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
+    def _serve_metrics(self, folder: str) -> None:
+        o = self.options
+        if not o.metrics_port:
+            return
+        try:
+            serve_multiprocess(folder, o.metrics_port, o.host)
+        except OSError as e:
+            raise PortUnavailable(f"--metrics-port {o.metrics_port}: cannot listen on {o.host}:{o.metrics_port} "
+                                  f"({in_use(e)}; 0 disables metrics)") from None
+        log.info("metrics of all %d workers on http://%s:%d/metrics", self.n, o.host, o.metrics_port)
 
-async def _run(n: int, options: dict, log_level: str, port: int, folder: str) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    package_root = str(Path(__file__).resolve().parents[1])  # the workers import this very package
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder,
-           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-    workers: list[_Worker] = []
-    for i in range(n):
-        ours, theirs = socket.socketpair()
-        with theirs:
-            proc = await asyncio.create_subprocess_exec(
-                *worker_command(options, log_level, port, theirs.fileno(), i), pass_fds=(theirs.fileno(),), env=env)
-        workers.append(_Worker(i, proc, *await asyncio.open_unix_connection(sock=ours)))
-    host = options["host"]
-    log.info("%d workers on %s:%d (pids %s); health NOT_SERVING until every one has loaded", n, host, port,
-             ", ".join(str(w.proc.pid) for w in workers))
+    async def _spawn(self, folder: str) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        package_root = str(Path(__file__).resolve().parents[1])  # the workers import this very package
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder,
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        for i in range(self.n):
+            ours, theirs = socket.socketpair()
+            with theirs:
+                proc = await asyncio.create_subprocess_exec(
+                    *worker_command(self.options, self.log_level, theirs.fileno(), i),
+                    pass_fds=(theirs.fileno(),), env=env)
+            self.workers.append(_Worker(i, proc, *await asyncio.open_unix_connection(sock=ours)))
+        log.info("%d workers on %s:%d (pids %s); health NOT_SERVING until every one has loaded", self.n,
+                 self.options.host, self.options.port, ", ".join(str(w.proc.pid) for w in self.workers))
 
-    released = False
+    def _tell_all(self, word: bytes) -> None:
+        for x in self.workers:
+            x.writer.write(word + b"\n")
 
-    def release_if_all_closed() -> None:
-        nonlocal released
-        if not released and all(x.closed for x in workers):
-            released = True
-            for x in workers:
-                x.writer.write(b"release\n")
+    def _release_if_all_closed(self) -> None:
+        if not self._released and all(x.closed for x in self.workers):
+            self._released = True
+            self._tell_all(b"release")
 
-    async def listen(w: _Worker) -> None:
+    async def _listen(self, w: _Worker) -> None:
         try:
             while line := await w.reader.readline():
                 if line.strip() == b"loaded":
                     w.loaded = True
-                    if all(x.loaded for x in workers) and not stop.is_set():
-                        for x in workers:
-                            x.writer.write(b"serve\n")
-                        log.info("all %d workers loaded: SERVING on %s:%d", n, host, port)
+                    if all(x.loaded for x in self.workers) and not self.stop.is_set():
+                        self._tell_all(b"serve")
+                        log.info("all %d workers loaded: SERVING on %s:%d", self.n, self.options.host,
+                                 self.options.port)
                 elif line.strip() == b"closed":
                     w.closed = True
-                    release_if_all_closed()
+                    self._release_if_all_closed()
         except OSError:
             pass
         w.closed = True  # it has exited
-        release_if_all_closed()
+        self._release_if_all_closed()
 
-    listeners = [asyncio.ensure_future(listen(w)) for w in workers]
-    exits = {asyncio.ensure_future(w.proc.wait()): w for w in workers}
-    stopped = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({stopped, *exits}, return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    if not stop.is_set():  # a worker ended on its own
-        for w in (exits[t] for t in done if t in exits):
+    async def _supervise(self, folder: str) -> int:
+        listeners = [asyncio.ensure_future(self._listen(w)) for w in self.workers]
+        exits = {asyncio.ensure_future(w.proc.wait()): w for w in self.workers}
+        stopped = asyncio.ensure_future(self.stop.wait())
+        done, _ = await asyncio.wait({stopped, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        code = 0 if self.stop.is_set() else self._on_crash([exits[t] for t in done if t in exits])
+        killed = await self._terminate(exits)
+        failed = self._reap(folder)
+        code = code or killed or failed
+        for t in listeners:
+            t.cancel()
+        if code == 0:
+            log.info("all workers stopped")
+        return code
+
+    def _on_crash(self, ended: list[_Worker]) -> int:
+        """Workers ended on their own: log how, and the exit code that makes."""
+        code = 0
+        for w in ended:
             w.reported = True
             if w.proc.returncode == 0:
                 log.warning("%s stopped (it was signalled directly); stopping the other workers", w.name)
@@ -237,38 +253,40 @@ async def _run(n: int, options: dict, log_level: str, port: int, folder: str) ->
             else:
                 log.error("%s %s unexpectedly; stopping the other workers", w.name, w.ended())
                 code = 1
-    grace = float(options.get("grace") or 0.0)
-    running = sum(w.proc.returncode is None for w in workers)
-    log.info("shutting down: SIGTERM to %d worker%s (each answers the calls it has, grace %.0fs)",
-             running, "" if running == 1 else "s", grace)
-    stopped.cancel()
-    for w in workers:
-        if w.proc.returncode is None:
+        return code
+
+    async def _terminate(self, exits: dict) -> int:
+        """SIGTERM to every worker still running; kill those still running past the grace. 1 if any was."""
+        grace = float(self.options.grace or 0.0)
+        running = [w for w in self.workers if w.proc.returncode is None]
+        log.info("shutting down: SIGTERM to %d worker%s (each answers the calls it has, grace %.0fs)",
+                 len(running), "" if len(running) == 1 else "s", grace)
+        for w in running:
             try:
                 w.proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    _, late = await asyncio.wait(list(exits), timeout=grace + MARGIN_S)
-    for t in late:
-        w = exits[t]
-        log.error("%s still running %.0fs after the signal: killed", w.name, grace + MARGIN_S)
-        w.proc.kill()
-        w.reported = True
-        code = code or 1
-    if late:
-        await asyncio.wait(late)
-    for w in workers:
-        if w.proc.returncode == -signal.SIGTERM and not w.reported:
-            # Python's own handler: the signal came before the worker's event loop took it over, or after
-            # (still importing, or already done): it had accepted no call, or had answered them all.
-            log.info("%s ended by the SIGTERM outside its serving loop", w.name)
-        elif w.proc.returncode != 0 and not w.reported:
-            log.error("%s %s while shutting down", w.name, w.ended())
-            code = code or 1
-        worker_gone(folder, w.proc.pid)
-        w.writer.close()
-    for t in listeners:
-        t.cancel()
-    if code == 0:
-        log.info("all workers stopped")
-    return code
+        _, late = await asyncio.wait(list(exits), timeout=grace + MARGIN_S)
+        for t in late:
+            w = exits[t]
+            log.error("%s still running %.0fs after the signal: killed", w.name, grace + MARGIN_S)
+            w.proc.kill()
+            w.reported = True
+        if late:
+            await asyncio.wait(late)
+        return 1 if late else 0
+
+    def _reap(self, folder: str) -> int:
+        """Log how each worker ended that was not reported yet; 1 if one failed while shutting down."""
+        code = 0
+        for w in self.workers:
+            if w.proc.returncode == -signal.SIGTERM and not w.reported:
+                # Python's own handler: the signal came before the worker's event loop took it over, or after
+                # (still importing, or already done): it had accepted no call, or had answered them all.
+                log.info("%s ended by the SIGTERM outside its serving loop", w.name)
+            elif w.proc.returncode != 0 and not w.reported:
+                log.error("%s %s while shutting down", w.name, w.ended())
+                code = 1
+            worker_gone(folder, w.proc.pid)
+            w.writer.close()
+        return code

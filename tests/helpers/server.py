@@ -31,15 +31,16 @@ def slow(*args, **kwargs):  # loading takes 4 s more than it does
     return real(*args, **kwargs)
 s.Repository = slow
 sys.argv[0] = "serve"
-s.main()
+import serving.cli
+serving.cli.main()
 """
 
 
 def start_server(repo, *extra, env=None, serve=None, cwd=None) -> tuple[subprocess.Popen, str]:
-    """Run ``serve`` (``serve``: the command, default this interpreter's ``-m serving.server``) on a
+    """Run ``serve`` (``serve``: the command, default this interpreter's ``-m serving.cli``) on a
     free port and wait until health says SERVING; returns the process and its address."""
     port = free_port()
-    cmd = [*(serve or [sys.executable, "-m", "serving.server"]), "--repository", str(repo), "--port", str(port),
+    cmd = [*(serve or [sys.executable, "-m", "serving.cli"]), "--repository", str(repo), "--port", str(port),
            "--metrics-port", "0", "--log-level", "WARNING", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     address = f"127.0.0.1:{port}"

@@ -377,7 +377,7 @@ def test_signal_under_load_loses_no_accepted_call(repository, sig):
 
 def test_missing_or_empty_repository_is_a_clear_error(tmp_path):
     for repo, words in ((tmp_path / "none", "does not exist"), (tmp_path, "holds no")):
-        r = subprocess.run([sys.executable, "-m", "serving.server", "--repository", str(repo), "--port", "0",
+        r = subprocess.run([sys.executable, "-m", "serving.cli", "--repository", str(repo), "--port", "0",
                             "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
 
@@ -393,14 +393,14 @@ def test_port_in_use_is_one_clear_error(tmp_path, workers, option):
         taken.listen()
         port = taken.getsockname()[1]
         ports = {"--port": str(free_port()), "--metrics-port": "0", option: str(port)}
-        r = subprocess.run([sys.executable, "-m", "serving.server", "--repository", str(tmp_path), "--workers", workers,
+        r = subprocess.run([sys.executable, "-m", "serving.cli", "--repository", str(tmp_path), "--workers", workers,
                             *(x for kv in ports.items() for x in kv)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith(f"error: {option} {port}: "), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "already in use" in r.stderr, r.stderr
 
 
 def test_help_explains_every_option():
-    r = subprocess.run([sys.executable, "-m", "serving.server", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "serving.cli", "--help"], capture_output=True, text=True, timeout=60)
     for option in ("--repository", "--host", "--port", "--metrics-port", "--max-batch", "--max-delay-us", "--max-queue",
                    "--intra-op-threads", "--inter-op-threads", "--device", "--max-message-mb", "--grace", "--tls-cert",
                    "--tls-key", "--workers"):
@@ -503,7 +503,8 @@ def slow(real):
 r.Graph.run, r.Graph.run_small = slow(real_run), slow(real_small)
 import serving.server as s
 sys.argv[0] = "serve"
-s.main()
+import serving.cli
+serving.cli.main()
 """
 
 
@@ -561,7 +562,7 @@ def test_tls_and_full_queue(repository, images, tmp_path):
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repository),
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "--repository", str(repository),
                              "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
                              "--tls-cert", str(cert), "--tls-key", str(key),
                              "--max-queue", "1", "--max-batch", "64", "--max-message-mb", "1"],

@@ -1,0 +1,92 @@
+"""``serve``: the model repository over gRPC (the Glassbox domain API and KServe v2), health, reflection,
+metrics and, with --http-port, KServe v2 REST.
+
+    serve --repository exported --port 8500 --metrics-port 8501
+    serve --workers 2 --http-port 8000          # two processes on one port, REST beside gRPC
+
+Flags in, a ``ServerOptions`` out (serving/server.py, where the defaults live); a ``StartupError`` from below
+becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from .errors import StartupError
+from .server import ServerOptions, serve
+
+D = ServerOptions()  # the defaults, defined once
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--repository", default=D.repository, type=click.Path(),
+              help="Model repository written by export / train-all.")
+@click.option("--host", default=D.host, help="Interface to bind; 0.0.0.0 to accept remote clients.")
+@click.option("--port", default=D.port, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one).")
+@click.option("--metrics-port", default=D.metrics_port, type=click.IntRange(0, 65535),
+              help="Prometheus metrics HTTP port (0 disables).")
+@click.option("--max-batch", default=D.max_batch, type=click.IntRange(1),
+              help="Largest merged batch per session.run [default: the manifest's max_batch_size]; a single "
+                   "request above it (the manifest allows it) runs alone.")
+@click.option("--max-delay-us", default=D.max_delay_us, type=click.IntRange(0, 1_000_000),
+              help="Under concurrent load, wait up to this long for more requests before running a partial batch; "
+                   "a lone request on an idle server never waits (0: never wait; requests arriving during a run "
+                   "form the next batch).")
+@click.option("--max-queue", default=D.max_queue, type=click.IntRange(1),
+              help="Requests allowed to wait per graph; beyond it calls get RESOURCE_EXHAUSTED.")
+@click.option("--intra-op-threads", default=D.intra_op_threads, type=click.IntRange(0),
+              help="onnxruntime threads per operator (0: auto - onnxruntime's default, one per core, and for graphs "
+                   "that run batch-1 in under 1 ms a second, one-thread session for the few-image batches, where "
+                   "pool hand-offs cost more than they save).")
+@click.option("--inter-op-threads", default=D.inter_op_threads, type=click.IntRange(0),
+              help="onnxruntime threads across operators (0: default).")
+@click.option("--device", type=click.Choice(["auto", "cpu"]), default=D.device,
+              help="auto: CUDA provider when available, else CPU.")
+@click.option("--max-message-mb", default=D.max_message_mb, type=click.IntRange(1, 2047),
+              help="gRPC message size limit, both directions.")
+@click.option("--max-connection-age-ms", default=D.max_connection_age_ms, type=click.IntRange(0),
+              help="Close each client connection after this long (gracefully, within --grace) so that clients "
+                   "re-resolve their target and spread over new replicas; behind a Kubernetes Service, kube-proxy "
+                   "balances connections, not calls (0: never).")
+@click.option("--grace", default=D.grace, type=click.FloatRange(0),
+              help="Seconds to finish accepted calls on SIGTERM/SIGINT.")
+@click.option("--http-port", default=D.http_port, type=click.IntRange(0, 65535),
+              help="KServe v2 REST port (HTTP/JSON and binary tensors, as Triton's): the same models and batchers "
+                   "as gRPC; request bodies up to --max-message-mb (0 disables).")
+@click.option("--http-host", default=D.http_host, help="Interface for --http-port; 0.0.0.0 to accept remote clients.")
+@click.option("--tls-cert", default=D.tls_cert, type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate chain for TLS.")
+@click.option("--tls-key", default=D.tls_key, type=click.Path(exists=True, dir_okay=False),
+              help="PEM private key for TLS.")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              help="Log verbosity.")
+@click.option("--workers", default=1, type=click.IntRange(1),
+              help="Server processes sharing --port (and --http-port) with SO_REUSEPORT, each with its own "
+                   "onnxruntime sessions, under a supervising parent: health SERVING once every one has loaded, "
+                   "SIGTERM drains them all, --metrics-port sums over them. The kernel spreads connections, not "
+                   "calls: clients need several (GlassboxClient(channels=K)).")
+@click.option("--worker-fd", default=None, type=int, hidden=True)  # a worker of --workers: its line to the parent
+@click.option("--worker-index", default=0, type=int, hidden=True)
+def main(log_level, workers, worker_fd, worker_index, **flags):
+    """Serve the model repository over gRPC: the Glassbox domain API and the KServe v2 protocol."""
+    who = f"[worker {worker_index}]" if worker_fd is not None else ""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s")
+    options = ServerOptions(**flags)
+    try:
+        if worker_fd is not None:
+            from .workers import ParentLink
+            sys.exit(asyncio.run(serve(options, supervisor=ParentLink(worker_fd))))
+        if workers > 1:
+            from .workers import WorkerPool
+            sys.exit(asyncio.run(WorkerPool(workers, options, log_level).run()))
+        sys.exit(asyncio.run(serve(options)))
+    except StartupError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
