@@ -248,7 +248,7 @@ def test_ready_is_503_while_loading_and_the_port_must_be_free(repository):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             grpc_port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "serving.server", "--repository", str(repository), "--port",
+        r = subprocess.run([sys.executable, "-m", "serving.cli", "--repository", str(repository), "--port",
                             str(grpc_port), "--metrics-port", "0", "--http-port", str(http_port)],
                            capture_output=True, text=True, timeout=60)
         want = f"--http-port {http_port}: cannot listen on 127.0.0.1:{http_port} (already in use"
