@@ -10,8 +10,9 @@ from training.augment import augment, augments_anything, random_crop, random_era
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.cli import train, train_all
 from training.config import ConfigError, load_profile, resolve_config
-from training.engine import build_optimizer, build_scheduler, compute_loss, fit
+from training.engine import compute_loss, fit
 from training.models import create_model
+from training.optim import build_optimizer, build_scheduler
 
 
 def _cfg(fmnist_dir, **over):
@@ -182,7 +183,7 @@ def test_allocator_tuning_keeps_freed_pages():
     import sys
     code = """
 import resource, sys, torch, torch.nn.functional as F
-from training.engine import tune_allocator
+from training.allocator import tune_allocator
 from training.models import create_model
 if sys.argv[1] == "1":
     assert tune_allocator()
@@ -321,3 +322,20 @@ def test_resume_refuses_a_different_validation_split(fmnist_dir, tmp_path):
     from glassbox.data import DatasetError
     with pytest.raises(DatasetError, match="validation split differs"):
         fit(_cfg(fmnist_dir, epochs=2), tmp_path, resume=True, **quiet)
+
+
+def test_bf16_autocast_trains_on_cpu(fmnist_dir, tmp_path):
+    """precision = "bf16": the forward pass runs in bfloat16, the run learns, the weights stay float32."""
+    from training.engine import autocast
+    cfg = _cfg(fmnist_dir, precision="bf16")
+    model = create_model("lenet")
+    with autocast(cfg, torch.device("cpu")):
+        assert model(torch.zeros(2, 1, 28, 28)).dtype == torch.bfloat16
+    metrics = fit(cfg, tmp_path, progress=False, log=lambda *_: None)
+    assert metrics["test_acc"] > 0.5
+    m, ckpt = model_from_checkpoint(tmp_path / "best.pt")
+    assert ckpt["config"]["precision"] == "bf16" and next(m.parameters()).dtype == torch.float32
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_config({"model": "lenet", "precision": "fp16"})
+    with pytest.raises(ConfigError, match="bce"):
+        resolve_config({"model": "cvae", "precision": "bf16"})
