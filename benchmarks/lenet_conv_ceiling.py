@@ -6,7 +6,7 @@
 Times the registry's lenet up to its last spatial layer (conv1 -> pool1 -> conv2 -> pool2, ReLUs
 included), forward and backward, at batch 256, with nothing else (no head, loss, optimizer or data):
 an upper bound on the images/s of a whole training step. Set up as the engine trains: allocator
-tuned (training.engine.tune_allocator) and channels-last. Two ways to compute the convolutions, in
+tuned (training.allocator.tune_allocator) and channels-last. Two ways to compute the convolutions, in
 interleaved rounds (median of 5): the model's own stages (oneDNN, what training runs) and the same
 weights as unfold + matmul (im2col), the usual alternative for convolutions with few channels.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.engine import tune_allocator
+from training.allocator import tune_allocator
 from training.models import create_model
 
 BATCH = 256

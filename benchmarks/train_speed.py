@@ -22,9 +22,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from glassbox.data import load_dataset, preprocess, random_subset
+from training.allocator import tune_allocator
 from training.config import resolve_config
-from training.engine import build_optimizer, build_scheduler, preprocessing_spec, train_one_epoch, tune_allocator
+from training.datasets import preprocessing_spec
+from training.engine import train_one_epoch
 from training.models import create_model
+from training.optim import build_optimizer, build_scheduler
 
 RUNS = [("lenet", {}), ("resnet", {"width": 16, "depth": 1}), ("resnet", {"width": 24, "depth": 2})]
 

@@ -60,7 +60,7 @@ import statistics
 import time
 from typing import Callable
 
-from .config import ConfigError
+from .options import ConfigError
 
 _UNIT = {"s": 1, "m": 60, "h": 3600}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([hms]?)")

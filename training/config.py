@@ -1,4 +1,4 @@
-"""Run configs: defaults, profile files (TOML or YAML) and resolution into the full config.
+"""Run configs: profile files (TOML or YAML) and their resolution into the full config.
 
 A profile is a list of runs; each run names a model and a dataset and overrides any default:
 
@@ -37,78 +37,17 @@ from pathlib import Path
 
 import yaml
 
+from glassbox.data import longtail_spec, rebalance_spec
+
+from .budget import parse_duration
+from .options import DEFAULTS, ConfigError, check_values
+
 PROFILES_DIR = Path(__file__).parent / "profiles"
 STUDIES_DIR = Path(__file__).parent / "studies"
 
-DEFAULTS: dict = {
-    "name": None,            # run name (directory under --out); defaults to model[-dataset]
-    "model": {"name": "lenet", "args": {}},
-    "dataset": {"name": "fashion-mnist", "data_dir": None, "subset": None, "val_fraction": 0.1,
-                "longtail": False, "normalize": True,  # normalize false: pixels in [0, 1]
-                # longtail: true or {classes, keep}; rebalance: method none, augment (flipped and noised
-                # copies of the short classes) or oversample (repeated) - glassbox/data/longtail.py
-                "rebalance": {"method": "none", "noise_std": 0.05, "flip": 0.5}},
-    "epochs": 10,
-    "batch_size": 128,
-    "eval_batch_size": 1024,
-    "seed": 0,
-    "device": "auto",
-    "channels_last": True,
-    "optimizer": {"name": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": False},
-    # warmup_epochs None: 1 for cosine, 0 for the others (any schedule takes a warmup when given one)
-    "schedule": {"name": "cosine", "warmup_epochs": None, "step_size": 10, "gamma": 0.1},
-    # name "ce" (cross-entropy) or "mse" (on one-hot targets; mse_on "logits" or "softmax");
-    # penalize_bias: the L1/L2 penalties cover biases too (the reports'); vae_recon bce, mse or l1
-    "loss": {"name": "ce", "mse_on": "logits", "label_smoothing": 0.0, "l1": 0.0, "l2": 0.0,
-             "penalize_bias": False, "vae_recon": "bce", "kl_weight": 1.0,
-             # for imbalanced classes, training loss only: class_weights "balanced" (n / (classes * count));
-             # logit_adjust tau: cross-entropy on logits + tau * log(class prior) (Menon et al. 2021)
-             "class_weights": "none", "logit_adjust": 0.0},
-    "init": {"name": "default", "std": 0.01},
-    # Knowledge distillation: teacher = a run folder, a .pt checkpoint or an exported model;
-    # loss "mse" (on logits) or "kl" (softened by temperature); alpha weighs it against the labels.
-    "distill": {"teacher": None, "loss": "mse", "temperature": 4.0, "alpha": 1.0},
-    "test_curves": False,    # also score the test split every epoch, for the curves only
-    # Snapshot checkpoints at these epochs and when train accuracy first crosses these levels;
-    # each is exported (snapshots/exported) for ``analyze snapshots``.
-    "snapshots": {"epochs": [], "train_acc": []},
-    # erase: probability of random erasing (one rectangle of 2% to erase_max_area of the image, set to 0)
-    "augment": {"crop_pad": 0, "hflip": False, "erase": 0.0, "erase_max_area": 0.4, "noise_std": 0.0},
-    "clip_grad_norm": None,
-    # Exponential moving average of the weights (and BatchNorm statistics), decay per step (0: off).
-    # With it, validation, best.pt, the test score and the export use the averaged weights.
-    "ema": 0.0,
-    "early_stopping": {"patience": None, "min_delta": 0.0},
-    "export": True,
-    # Wall-time budget of the run (seconds, or "90s", "5m", "1h"): the schedule runs on the fraction
-    # of it used and the run stops when the next epoch would not fit; epochs becomes an upper bound
-    # (training/budget.py). cost: the run's weight when train-all shares a profile-wide budget.
-    "time_budget": None,
-    "cost": 1.0,
-    # "fp32", or "bf16": forward and loss under bfloat16 autocast (float32 weights; CPU or CUDA)
-    "precision": "fp32",
-    # "engine" (torch, training.engine.fit) or "lda" (scikit-learn, training.lda: one class against the rest)
-    "method": "engine",
-    "lda": {"train_images": 10000, "shrinkage": None},
-}
-
-OPTIMIZERS = ("sgd", "adam", "nadam", "adamw")
-SCHEDULES = ("constant", "step", "exp", "cosine")
-INITS = ("default", "normal", "zeros", "xavier", "kaiming")
-CHOICES = {  # config key -> allowed values: checked before any data is read
-    ("optimizer", "name"): OPTIMIZERS, ("schedule", "name"): SCHEDULES, ("init", "name"): INITS,
-    ("loss", "name"): ("ce", "mse"), ("loss", "mse_on"): ("logits", "softmax"),
-    ("loss", "vae_recon"): ("bce", "mse", "l1"), ("distill", "loss"): ("mse", "kl"),
-    ("loss", "class_weights"): ("none", "balanced"),
-}
-PRECISIONS = ("fp32", "bf16")
 # A run's optional [analysis] table: what ``analyze vae`` draws for it by default (the faces studies
 # name their people here; see analysis/faces.py). Recorded with the config, so the manifest carries it.
 ANALYSIS_KEYS = ("pair_names", "direction", "direction_faces", "strengths", "alphas", "show")
-
-
-class ConfigError(ValueError):
-    """A profile or option that cannot be run; the CLIs print it as one line."""
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -131,7 +70,8 @@ def _normalise_run(run: dict) -> dict:
 
 
 def resolve_config(run: dict, defaults: dict | None = None) -> dict:
-    """Merge DEFAULTS <- file defaults <- run, and check what can be checked without data."""
+    """Merge DEFAULTS <- file defaults <- run, and check what can be checked without data: each
+    value against its option (``training.options``), then the rules that span several keys."""
     from .models import list_models, model_info
 
     cfg = deep_merge(deep_merge(DEFAULTS, _normalise_run(defaults or {})), _normalise_run(run))
@@ -139,61 +79,48 @@ def resolve_config(run: dict, defaults: dict | None = None) -> dict:
     if name not in list_models():
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     cfg["task"] = model_info(name).task
-    for (section, key), allowed in CHOICES.items():
-        if cfg[section][key] not in allowed:
-            raise ConfigError(f"unknown {section}.{key} {cfg[section][key]!r}; choose from {', '.join(allowed)}")
-    if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1:
-        raise ConfigError("epochs and batch_size must be positive")
-    o = cfg["optimizer"]
-    if o["name"] == "sgd" and o.get("nesterov") and float(o.get("momentum", 0)) <= 0:
-        raise ConfigError("Nesterov momentum needs a momentum above 0 (give --momentum, or drop --nesterov)")
-    if float(o["lr"]) < 0 or float(o.get("weight_decay", 0)) < 0 or float(o.get("momentum", 0)) < 0:
-        raise ConfigError("optimizer lr, weight_decay and momentum must not be negative")
+    check_values(cfg)
     if cfg["schedule"]["warmup_epochs"] is None:
         cfg["schedule"]["warmup_epochs"] = 1 if cfg["schedule"]["name"] == "cosine" else 0
-    if float(cfg["schedule"]["warmup_epochs"]) < 0 or int(cfg["schedule"]["step_size"]) < 1:
-        raise ConfigError("schedule.warmup_epochs must be >= 0 and schedule.step_size >= 1")
-    if cfg["method"] not in ("engine", "lda"):
-        raise ConfigError(f"unknown method {cfg['method']!r}; choose from engine, lda")
     if cfg["method"] == "lda":
         cfg["export"] = False  # a scikit-learn model has no ONNX graphs here
-    if cfg["distill"]["teacher"] and cfg["task"] != "classifier":
-        raise ConfigError("distillation needs a classifier student")
-    if cfg["distill"]["teacher"] and not 0 <= float(cfg["distill"]["alpha"]) <= 1:
-        raise ConfigError("distill.alpha must be between 0 and 1")
-    if not 0 <= float(cfg["ema"]) < 1:
-        raise ConfigError(f"ema (the moving average's decay per step) must be in [0, 1), not {cfg['ema']}")
-    if not 0 < float(cfg["dataset"]["val_fraction"]) < 1:
-        raise ConfigError("dataset.val_fraction must be between 0 and 1")
-    from glassbox.data import longtail_spec, rebalance_spec
-    try:
-        longtail_spec(cfg["dataset"]["longtail"]), rebalance_spec(cfg["dataset"]["rebalance"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if not float(cfg["loss"]["logit_adjust"]) >= 0:
-        raise ConfigError("loss.logit_adjust (tau) must be >= 0")
-    if cfg["loss"]["name"] != "ce" and (cfg["loss"]["class_weights"] != "none" or float(cfg["loss"]["logit_adjust"])):
-        raise ConfigError("loss.class_weights and loss.logit_adjust apply to the cross-entropy loss (loss.name ce)")
-    from .budget import parse_duration
+    _check_combinations(cfg)
     cfg["time_budget"] = parse_duration(cfg["time_budget"])
-    raw = cfg["cost"]
-    try:
-        cfg["cost"] = float(raw)
-    except (TypeError, ValueError):
-        cfg["cost"] = -1.0
-    if isinstance(raw, bool) or not 0 < cfg["cost"] < float("inf"):
-        raise ConfigError(f"cost must be a positive number (a run's weight in a shared time budget), got {raw!r}")
-    if cfg["precision"] not in PRECISIONS:
-        raise ConfigError(f"unknown precision {cfg['precision']!r}; choose from {', '.join(PRECISIONS)}")
-    if cfg["precision"] == "bf16" and cfg["task"] == "vae" and cfg["loss"]["vae_recon"] == "bce":
-        raise ConfigError("precision bf16 cannot train a VAE with the bce reconstruction loss (CUDA autocast refuses "
-                          "binary_cross_entropy); use loss.vae_recon mse or l1, or precision fp32")
-    if unknown := sorted(set(cfg.get("analysis") or {}) - set(ANALYSIS_KEYS)):
-        raise ConfigError(f"unknown analysis keys {', '.join(unknown)}; known: {', '.join(ANALYSIS_KEYS)}")
+    cfg["cost"] = _cost(cfg["cost"])
     if cfg["name"] is None:
         ds = cfg["dataset"]["name"]
         cfg["name"] = name if ds == "fashion-mnist" else f"{name}-{ds}"
     return cfg
+
+
+def _check_combinations(cfg: dict) -> None:
+    """The rules between options (one option's own values are ``check_values``')."""
+    o, lc = cfg["optimizer"], cfg["loss"]
+    if o["name"] == "sgd" and o.get("nesterov") and float(o.get("momentum", 0)) <= 0:
+        raise ConfigError("Nesterov momentum needs a momentum above 0 (give --momentum, or drop --nesterov)")
+    if cfg["distill"]["teacher"] and cfg["task"] != "classifier":
+        raise ConfigError("distillation needs a classifier student")
+    try:
+        longtail_spec(cfg["dataset"]["longtail"]), rebalance_spec(cfg["dataset"]["rebalance"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if lc["name"] != "ce" and (lc["class_weights"] != "none" or float(lc["logit_adjust"])):
+        raise ConfigError("loss.class_weights and loss.logit_adjust apply to the cross-entropy loss (loss.name ce)")
+    if cfg["precision"] == "bf16" and cfg["task"] == "vae" and lc["vae_recon"] == "bce":
+        raise ConfigError("precision bf16 cannot train a VAE with the bce reconstruction loss (CUDA autocast refuses "
+                          "binary_cross_entropy); use loss.vae_recon mse or l1, or precision fp32")
+    if unknown := sorted(set(cfg.get("analysis") or {}) - set(ANALYSIS_KEYS)):
+        raise ConfigError(f"unknown analysis keys {', '.join(unknown)}; known: {', '.join(ANALYSIS_KEYS)}")
+
+
+def _cost(raw) -> float:
+    try:
+        cost = float(raw)
+    except (TypeError, ValueError):
+        cost = -1.0
+    if isinstance(raw, bool) or not 0 < cost < float("inf"):
+        raise ConfigError(f"cost must be a positive number (a run's weight in a shared time budget), got {raw!r}")
+    return cost
 
 
 def set_dotted(d: dict, key: str, value) -> dict:
@@ -286,7 +213,6 @@ def load_profile(profile: str | Path, overrides: dict | None = None) -> tuple[li
 def profile_time_budget(path: Path) -> float | None:
     """A profile file's top-level ``time_budget`` (seconds): the budget ``train-all`` shares over its
     runs by their ``cost`` (training/budget.py); None when the file sets none."""
-    from .budget import parse_duration
     return parse_duration(read_config_file(Path(path)).get("time_budget"))
 
 

@@ -10,8 +10,10 @@ from click.testing import CliRunner
 
 from training.cli import train, train_all
 from training.config import ConfigError, list_studies, load_profile, resolve_config
-from training.engine import build_optimizer, compute_loss, fit, model_args_for_data
+from training.engine import compute_loss, fit
 from training.models import create_model
+from training.optim import build_optimizer
+from training.prepare import model_args_for_data
 
 QUIET = {"progress": False, "log": lambda *_: None}
 # A tiny form of any study: one epoch (two for the snapshot studies), a few hundred images.
@@ -93,7 +95,7 @@ def test_distillation_study_records_the_label_loss_of_both_students(data_dir, tm
 
 def test_teacher_outputs_from_an_exported_model_match_torch(fmnist_dir, tmp_path):
     from glassbox.data import load_dataset, random_subset
-    from training.engine import teacher_outputs
+    from training.distill import teacher_outputs
     from training.export import export_checkpoint
     data = {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 1000}
     steady = {"schedule": {"name": "constant"}, "batch_size": 50}
@@ -129,7 +131,7 @@ def test_mse_on_one_hot_penalties_with_bias_and_init():
     base = compute_loss(model, x, y, mse)[0].item()
     assert compute_loss(model, x, y, l1)[0].item() == pytest.approx(base)
     assert compute_loss(model, x, y, l1b)[0].item() == pytest.approx(base + 0.1 * 10)
-    from training.engine import init_weights
+    from training.prepare import init_weights
     init_weights(model, {"name": "normal", "std": 1e-4})
     assert 5e-5 < model.stages.fc.weight.std().item() < 2e-4 and model.stages.fc.bias.abs().max() == 0
 

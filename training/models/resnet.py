@@ -54,7 +54,7 @@ def resnet(num_classes: int = 10, in_chans: int = 1, img_size: int = 28, width: 
 def resnet50(num_classes: int = 10, in_chans: int = 3, img_size: int = 32, blocks: tuple = (3, 4, 6, 3),
              width_per_group: int = 64):
     """torchvision's ResNet-50 for 32-px images: 3x3 stem, no max-pool, 4 Bottleneck stages, linear head."""
-    from torchvision.models.resnet import Bottleneck, ResNet  # here: importing torchvision costs ~1 s
+    from torchvision.models.resnet import Bottleneck, ResNet  # here: only this model pays for importing torchvision
 
     if len(blocks) != 4 or min(blocks) < 1:
         raise ValueError(f"resnet50 blocks must be 4 positive counts (3, 4, 6, 3 is ResNet-50), got {blocks}")

@@ -1,6 +1,6 @@
 """``speednet``: a small, fast CIFAR-10 network in the style of the public speed-runs.
 
-    train-all --profile cifar-record --nproc 2            # 90.62% on CIFAR-10 in an hour (README, records)
+    train-all --profile cifar-record --nproc 2            # the CIFAR-10 record (its figures: README, records)
     train --model speednet --dataset cifar10 --model-arg tta_flip=true --batch-size 512
 
 What makes such nets fast to train, as the speed-runs (Page's ResNet-9 DAWNBench entry, Keller
