@@ -18,7 +18,7 @@ from tests.helpers.budget import margin, slow_steps
 from training.budget import Budget, parse_duration, share
 from training.checkpoint import load_checkpoint
 from training.cli import train_all
-from training.config import ConfigError, load_profile, profile_time_budget, resolve_config
+from training.config import ConfigError, resolve_config
 from training.engine import fit
 from training.models import create_model
 from training.optim import build_optimizer, build_scheduler, schedule_factor
@@ -72,14 +72,6 @@ def test_share_follows_cost_and_passes_on_unused_time():
     assert share(100, 0, [1, 3]) == 25                 # lenet cost 1, resnet cost 3
     assert share(100, 10, [3]) == 90                   # what the first left unused goes to the next
     assert share(100, 120, [1]) == pytest.approx(1e-3)  # overspent: one step still runs
-
-
-def test_quick_profile_shares_six_minutes_by_cost():
-    configs, path, _ = load_profile("quick")
-    assert 300 <= profile_time_budget(path) <= 420
-    costs = {c["name"]: c["cost"] for c in configs}
-    assert set(costs) == {"lenet", "resnet", "cvae"} and costs["resnet"] > costs["lenet"]
-    assert all(c["epochs"] >= 20 for c in configs)  # an upper bound: a faster machine trains longer
 
 
 # --- the schedule on progress ----------------------------------------------------------------------

@@ -352,3 +352,22 @@ def test_export_cli_errors(tmp_path, fmnist_dir, monkeypatch):
     r = runner.invoke(export_cli, [str(ckpt), "--repository", str(repo), "--parity-images", "8"])
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "parity failed" in r.stderr
     assert not repo.exists() or not any(repo.rglob("*")), "nothing written on any error"
+
+
+def test_tta_flip_is_in_the_exported_graph(fmnist_dir, tmp_path):
+    """The served logits include the mirror: onnxruntime matches the averaged torch logits (and not
+    the single pass); the parity gate and Grad-CAM's reference agree with a tta model."""
+    torch.manual_seed(0)
+    model = create_model("lenet", tta_flip=True).eval()
+    test = load_dataset("fashion-mnist", "test", data_dir=fmnist_dir)
+    cfg = {"name": "lenet", "task": "classifier", "model": {"name": "lenet", "args": model.args},
+           "dataset": {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "classes": test.classes, "channels": 1,
+                       "size": [28, 28], "mean": [0.286], "std": [0.353]}}
+    res = export_model(model, cfg, tmp_path, parity_images=32, batch_sizes=(1, 8))
+    x = preprocess(test.images[:6], res.manifest["preprocessing"])
+    sess = ort.InferenceSession(str(res.path / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(["logits"], {"input": x})
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        np.testing.assert_allclose(logits, model(xt).numpy(), rtol=1e-3, atol=1e-5)
+        assert np.abs(logits - model.forward_once(xt).numpy()).max() > 1e-3

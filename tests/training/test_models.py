@@ -79,3 +79,28 @@ def test_cvae_sizes(in_chans, size):
     model = create_model("cvae", in_chans=in_chans, img_size=size).eval()
     x = torch.rand(2, in_chans, size, size)
     assert model(x)[0].shape == x.shape
+
+
+def test_tta_flip_averages_the_mirror_in_eval_only():
+    """Eval logits are the mean of the image's and its mirror's; training sees one pass; the layers
+    are the image's own; Grad-CAM's single pass (forward_once) stays available."""
+    torch.manual_seed(0)
+    plain = create_model("lenet").eval()
+    tta = create_model("lenet", tta_flip=True).eval()
+    tta.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        expect = (plain(x) + plain(x.flip(-1))) / 2
+        torch.testing.assert_close(tta(x), expect)
+        logits, feats = tta.forward_intermediates(x)
+        torch.testing.assert_close(logits, expect)
+        _, plain_feats = plain.forward_intermediates(x)
+        for k in feats:
+            torch.testing.assert_close(feats[k], plain_feats[k])
+        torch.testing.assert_close(tta.forward_once(x), plain(x))
+        assert not torch.allclose(expect, plain(x))
+        tta.train()
+        torch.testing.assert_close(tta(x), plain(x))
+    assert tta.args["tta_flip"] is True
+    with pytest.raises(ValueError, match="classifiers"):
+        create_model("cvae", tta_flip=True)
