@@ -129,7 +129,13 @@ GRAPH_IO = {  # graph -> (input names, required output names)
     "gradcam": (["input", "target"], ["cam", "logits"]),
     "encoder": (["input"], ["mean", "logvar"]),
     "decoder": (["latent"], ["image"]),
+    # the explanation graphs a classifier may carry (training/export/explain.py); gradcampp needs cam_layer
+    "gradcampp": (["input", "target"], ["map", "logits"]),
+    "saliency": (["input", "target"], ["map", "logits"]),
+    "ig": (["input", "target"], ["map", "logits"]),
+    "smoothgrad": (["input", "target", "noise"], ["map", "logits"]),
 }
+EXPLAIN_GRAPHS = ("gradcampp", "saliency", "ig", "smoothgrad")
 
 
 def _want(annotation) -> str:
@@ -181,6 +187,8 @@ def validate_manifest(m: dict) -> list[str]:
                    "vae": {"encoder", "decoder"}}.get(task)
     if want_graphs is None:
         return [f"task: {task!r}, want classifier or vae"]
+    if task == "classifier":  # the optional explanation graphs
+        want_graphs |= set(m["graphs"]) & set(EXPLAIN_GRAPHS[int(not m["cam_layer"]):])
     if set(m["graphs"]) != want_graphs:
         problems.append(f"graphs: {sorted(m['graphs'])}, want {sorted(want_graphs)}")
     if set(m["parity"]) != set(m["graphs"]):

@@ -20,12 +20,15 @@ from glassbox.io import sha256
 
 from ..checkpoint import model_from_checkpoint
 from . import parity
+from .explain import noise_std
+from .explain_export import RANDOMIZED_IMAGES, check_methods, export_explanations, randomized_copy
 from .gradcam import build_gradcam_graph, reference_gradcam
 from .graphs import OPSET, ClassifierGraph, DecoderGraph, EncoderGraph, export_onnx, output_shapes
 from .pbtxt import parse_triton_config, triton_config
 from .repository import publish, staging
 
 MAX_BATCH_SIZE = 256
+DEFAULT_EXPLAIN = ("gradcam",)  # the methods a classifier carries when neither config nor caller names any
 
 
 @dataclass
@@ -145,13 +148,18 @@ EXPORTERS = {"classifier": (_export_classifier, _classifier_entries), "vae": (_e
 def export_model(model: torch.nn.Module, config: dict, repository="exported", name: str | None = None, *,
                  checkpoint: str | Path | None = None, metrics: dict | None = None, history: list | None = None,
                  parity_images: int = 1000, images: np.ndarray | None = None, data_dir=None,
-                 batch_sizes=parity.BATCH_SIZES) -> ExportResult:
+                 batch_sizes=parity.BATCH_SIZES, explain=None, randomized: bool | None = None,
+                 randomized_of: dict | None = None) -> ExportResult:
     """Export ``model`` (eval) as a new version of ``name`` in ``repository``.
 
     The gate compares onnxruntime with torch on ``parity_images`` real test images of the config's
     dataset (or on ``images``, uint8 [N,H,W(,3)], when given) at each of ``batch_sizes``; if any
     output fails, ParityError is raised and nothing is written. ``checkpoint``, ``metrics`` and
-    ``history`` go into the manifest's ``source`` and ``training``.
+    ``history`` go into the manifest's ``source`` and ``training``. ``explain``: the explanation
+    methods a classifier carries (else the config's ``explain``, else Grad-CAM), each also gated
+    against its reference library (explain_export.py). ``randomized`` (else the config's
+    ``explain_randomized``): also publish ``<name>-randomized``, the same classifier with every layer
+    re-initialised, for the model-randomisation check (its manifest's ``randomized_of`` names this one).
     """
     t0 = time.perf_counter()
     model = model.eval()
@@ -166,7 +174,14 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
     with staging(Path(repository), name) as tmp:
         build, entries = EXPORTERS[model.task]
         graphs = build(model, tmp, x, name, record, batch_sizes)
-        parity.gate(record)  # every graph checked: one table of everything that failed
+        section, rows = None, []
+        if model.task == "classifier":
+            methods = check_methods(explain if explain is not None else config.get("explain", DEFAULT_EXPLAIN),
+                                    model.cam_layer)
+            if methods:
+                more, section, rows = export_explanations(model, tmp, x, name, methods, record, std=noise_std(spec))
+                graphs.update(more)
+        parity.gate(record, rows)  # every graph checked: one table of everything that failed
         for graph, g in graphs.items():
             text = triton_config(g["triton_name"], g, MAX_BATCH_SIZE)
             parse_triton_config(text)
@@ -185,9 +200,14 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
             "training": {"history": history or []},
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
             "parity": record,
+            "explain": section, "randomized_of": randomized_of,
         }
         version, path = publish(tmp, manifest)
     manifest = json.loads((path / "manifest.json").read_text())
+    if section and (randomized if randomized is not None else config.get("explain_randomized", False)):
+        export_model(randomized_copy(model), config, repository, f"{name}-randomized", images=raw[:RANDOMIZED_IMAGES],
+                     batch_sizes=batch_sizes, explain=section["methods"], randomized=False,
+                     randomized_of={"name": name, "version": version})
     return ExportResult(name, version, path, manifest, time.perf_counter() - t0)
 
 
