@@ -9,10 +9,11 @@
     POST /v2/models/{name}[/versions/{v}]/infer
 
 A request becomes the gRPC servicer's own ``ModelInferRequest`` (JSON ``data`` as typed contents,
-binary tensors as raw contents) and goes through ``InferenceServicer`` unchanged: the same
-validation, the same batchers of the same Runtime, the same metrics and reply; only the envelope
-differs. Errors are ``{"error": "..."}`` with the HTTP status of their gRPC code (``STATUS``); a
-body over the size limit (``--max-message-mb``, as for gRPC) is 413.
+binary tensors as raw contents; serving/rest_body.py reads the body) and goes through
+``InferenceServicer`` unchanged: the same validation, the same batchers of the same Runtime, the
+same metrics and reply; only the envelope differs. Errors are ``{"error": "..."}`` with the HTTP
+status of their gRPC code (``STATUS``); a body over the size limit (``--max-message-mb``, as for
+gRPC) is 413.
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from google.protobuf import json_format
 
 from ._generated.inference import grpc_service_pb2 as pb
 from .errors import InvalidArgument
+from .rest_body import HEADER, parse_infer
 from .v2 import NP_TYPES, InferenceServicer
 
 log = logging.getLogger("glassbox.serving")
 
-HEADER = "Inference-Header-Content-Length"  # the binary extension: the JSON part's length
 STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,  # a model that failed to load: retrying will not help
@@ -65,91 +66,6 @@ class _Context:
 
 def error(status: int, message: str, headers=None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
-
-
-def _array(data, datatype: str, name: str) -> np.ndarray | None:
-    """A JSON ``data`` value (flat or nested row-major) as a flat array of the datatype's type;
-    None for a datatype the servicer will refuse with its own message."""
-    dtype = NP_TYPES.get(datatype)
-    if dtype is None:
-        return None
-    try:
-        a = np.asarray(data)
-    except (ValueError, TypeError):  # ragged nesting
-        raise InvalidArgument(f"input {name!r}: data is not a rectangular (nested) list of numbers") from None
-    if a.dtype.kind not in ("iu" if dtype is np.int64 else "iuf"):
-        raise InvalidArgument(f"input {name!r}: {datatype} data must be a list of "
-                              f"{'integers' if dtype is np.int64 else 'numbers'}")
-    return a.astype(dtype, copy=False).ravel()
-
-
-def parse_infer(body: bytes, header_length: str | None, model: str, version: str):
-    """An HTTP infer body -> (the servicer's ModelInferRequest, output name -> binary?, binary default)."""
-    binary = b""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise InvalidArgument(f"{HEADER}: {header_length!r} is not an integer") from None
-        if not 0 < n <= len(body):
-            raise InvalidArgument(f"{HEADER}: {n} is outside the body's {len(body)} bytes")
-        body, binary = body[:n], memoryview(body)[n:]
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidArgument(f"request body is not valid JSON ({e})") from None
-    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
-        raise InvalidArgument('request body must be a JSON object with a non-empty "inputs" list')
-    params = req.get("parameters") or {}
-    outputs = req.get("outputs") or []
-    if not isinstance(params, dict) or not isinstance(outputs, list) or not isinstance(req.get("id", ""), str):
-        raise InvalidArgument('"parameters" must be an object, "outputs" a list and "id" a string')
-    request = pb.ModelInferRequest(model_name=model, model_version=version, id=req.get("id", ""))
-    items, offset = [], 0
-    for k, t in enumerate(req["inputs"]):
-        if not isinstance(t, dict):
-            raise InvalidArgument(f"inputs[{k}] is not an object")
-        name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
-        if not isinstance(name, str) or not isinstance(datatype, str):
-            raise InvalidArgument(f'inputs[{k}]: "name" and "datatype" must be strings')
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
-            raise InvalidArgument(f'input {name!r}: "shape" must be a list of non-negative integers')
-        request.inputs.add(name=name, datatype=datatype, shape=shape)
-        size = (t.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidArgument(f"input {name!r}: binary_data_size must be a non-negative integer")
-            if offset + size > len(binary):
-                raise InvalidArgument(f"input {name!r}: binary_data_size {size} runs past the body's binary part "
-                                      f"({len(binary) - offset} bytes left)")
-            items.append(bytes(binary[offset:offset + size]))
-            offset += size
-        elif "data" in t:
-            items.append(_array(t["data"], datatype, name))
-        else:
-            raise InvalidArgument(f'input {name!r}: neither "data" nor a binary_data_size parameter')
-    if offset != len(binary):
-        raise InvalidArgument(f"{len(binary) - offset} bytes of binary data beyond the inputs' binary_data_size")
-    if any(isinstance(x, bytes) for x in items):  # the servicer takes raw contents for all inputs or none
-        request.raw_input_contents.extend(x if isinstance(x, bytes) else b"" if x is None else x.tobytes()
-                                          for x in items)
-    else:
-        for inp, a in zip(request.inputs, items, strict=True):
-            if a is not None:
-                (inp.contents.int64_contents if a.dtype == np.int64 else inp.contents.fp32_contents).extend(a.tolist())
-    default = params.get("binary_data_output", False)
-    wanted = {}
-    for k, o in enumerate(outputs):
-        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-            raise InvalidArgument(f'outputs[{k}] must be an object with a "name"')
-        op = o.get("parameters") or {}
-        if "classification" in op:
-            raise InvalidArgument("the classification extension is not supported: ask for probabilities, or use "
-                                  "the Glassbox Classify API (top-k with labels)")
-        request.outputs.add(name=o["name"])
-        wanted[o["name"]] = bool(op.get("binary_data", default))
-    return request, wanted, bool(default)
 
 
 def reply_body(reply: pb.ModelInferResponse, wanted: dict, default: bool) -> tuple[bytes, dict]:
