@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from .common import connect, dataset, manifest, write_json
+from .errors import AnalysisError, BadOption
 
 CTX = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
@@ -58,7 +59,20 @@ def _require_classifier(man: dict, command: str) -> None:
                                    + (" (try 'analyze vae')" if man["task"] == "vae" else ""))
 
 
-@click.group(context_settings=CTX)
+class _Group(click.Group):
+    """The one place where the analysis library's errors become click's: one line and exit 1, or the
+    usage error of the option named (exit 2)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BadOption as e:
+            raise click.BadParameter(str(e), param_hint=e.option) from None
+        except AnalysisError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings=CTX)
 def cli():
     """Analyse models served by a Glassbox server: embeddings, Grad-CAM, accuracy, VAEs, HTML report."""
 

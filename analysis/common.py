@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import fields, is_dataclass, replace
 
-import click
 import numpy as np
 from tqdm.auto import tqdm
 
 from glassbox.data import DatasetError, load_dataset, preprocess, reader_options
 from glassbox.io import write_json  # noqa: F401  (the analysis commands' JSON writer)
 from serving.client import GlassboxClient, GlassboxError
+
+from .errors import AnalysisError
 
 
 def connect(server: str, timeout: float = 120.0) -> GlassboxClient:
@@ -22,16 +23,14 @@ def connect(server: str, timeout: float = 120.0) -> GlassboxClient:
     try:
         return GlassboxClient(server, timeout=timeout, connect_timeout=5.0)
     except GlassboxError as e:
-        raise click.ClickException(e.message) from None
+        raise AnalysisError(e.message) from None
 
 
 def manifest(client: GlassboxClient, model: str) -> dict:
     try:
         return client.get_model(model)
     except GlassboxError as e:
-        if model and e.code.name == "NOT_FOUND":
-            raise click.ClickException(f"{e.message}") from None
-        raise click.ClickException(e.message) from None
+        raise AnalysisError(e.message) from None
 
 
 def dataset(man: dict, name: str | None, split: str, data_dir: str | None):
@@ -42,7 +41,7 @@ def dataset(man: dict, name: str | None, split: str, data_dir: str | None):
     try:
         return load_dataset(name or man["dataset"], split=split, data_dir=data_dir, **options)
     except DatasetError as e:
-        raise click.ClickException(str(e)) from None
+        raise AnalysisError(str(e)) from None
 
 
 def model_input(man: dict, images: np.ndarray) -> np.ndarray:
@@ -61,7 +60,7 @@ def call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except GlassboxError as e:
-        raise click.ClickException(e.message) from None
+        raise AnalysisError(e.message) from None
 
 
 def batched(fn, model: str, images, *args, per_image=None, desc: str = "", progress: bool = True,

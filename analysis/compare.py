@@ -14,7 +14,6 @@ import json
 import math
 from pathlib import Path
 
-import click
 import numpy as np
 
 from glassbox.data import DatasetError, dataset_info, longtail_spec
@@ -22,6 +21,7 @@ from glassbox.io import atomic_write, write_json
 from glassbox.plots import finite
 
 from . import plots
+from .errors import AnalysisError
 
 DEFAULT_ZOOM = 10
 MAX_UNITS = 16      # first-layer units drawn per variant: more and each image gets too small to read
@@ -40,9 +40,9 @@ def read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except OSError as e:
-        raise click.ClickException(f"{path}: cannot read ({e.strerror})") from None
+        raise AnalysisError(f"{path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
-        raise click.ClickException(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        raise AnalysisError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
 
 
 def _optional_json(path: Path) -> dict:
@@ -63,21 +63,21 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise click.ClickException(f"{runs_dir}: " + ("not a folder" if runs_dir.exists() else "no such folder"))
+        raise AnalysisError(f"{runs_dir}: " + ("not a folder" if runs_dir.exists() else "no such folder"))
     info = read_json(runs_dir / "study.json") if (runs_dir / "study.json").is_file() else {}
     if not isinstance(info, dict):
-        raise click.ClickException(f"{runs_dir / 'study.json'}: not a JSON object")
+        raise AnalysisError(f"{runs_dir / 'study.json'}: not a JSON object")
     names = info.get("variants") or sorted(p.name for p in runs_dir.iterdir() if (p / "history.json").is_file())
     zoom = info.get("zoom", DEFAULT_ZOOM)
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
             and isinstance(zoom, int) and zoom >= 1 and isinstance(info.get("measures", []), list)):
-        raise click.ClickException(f"{runs_dir / 'study.json'}: want variants a list of folder names, measures a "
-                                   "list of metric keys and zoom a positive integer")
+        raise AnalysisError(f"{runs_dir / 'study.json'}: want variants a list of folder names, measures a "
+                            "list of metric keys and zoom a positive integer")
     if not names:
-        raise click.ClickException(f"{runs_dir}: no runs inside (no study.json and no subfolder with a history.json)")
+        raise AnalysisError(f"{runs_dir}: no runs inside (no study.json and no subfolder with a history.json)")
     if missing := [n for n in names if not (runs_dir / n / "history.json").is_file()]:
-        raise click.ClickException(f"{runs_dir / 'study.json'} lists variants without a history.json: "
-                                   f"{', '.join(missing)}")
+        raise AnalysisError(f"{runs_dir / 'study.json'} lists variants without a history.json: "
+                            f"{', '.join(missing)}")
     summary = _optional_json(runs_dir / "summary.json")
     by_run = {r.get("run"): r for r in summary.get("runs") or [] if isinstance(r, dict)}
     variants = []
@@ -86,7 +86,7 @@ def load_study(runs_dir) -> tuple[dict, list[dict]]:
         history = read_json(d / "history.json")
         # An empty history is a run without epochs (the LDA study): it has a table row, no curves.
         if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-            raise click.ClickException(f"{d / 'history.json'}: want a list of per-epoch objects")
+            raise AnalysisError(f"{d / 'history.json'}: want a list of per-epoch objects")
         variants.append({"name": name, "dir": d, "history": history, "metrics": _optional_json(d / "metrics.json"),
                          "config": _optional_json(d / "config.json"), "summary": by_run.get(name, {})})
     recorded_test = any(finite(h.get("test_loss")) for v in variants for h in v["history"])
@@ -246,7 +246,7 @@ def first_layer_figure(study: dict, variants: list[dict]):
         try:
             w = np.load(path, allow_pickle=False).astype(np.float32)
         except ValueError as e:
-            raise click.ClickException(f"{path}: not a numpy array file ({e})") from None
+            raise AnalysisError(f"{path}: not a numpy array file ({e})") from None
         images, kind = layer_images(w)
         if images is None:
             notes.append(f"{v['name']}: {kind}")
@@ -283,7 +283,7 @@ def run(runs_dir, out=None, zoom: int | None = None, metric: str | None = None) 
     has_acc = any(finite(h.get("val_acc")) for v in variants for h in v["history"]) or \
         any(finite(v["metrics"].get("test_acc")) for v in variants)
     if metric == "acc" and not has_acc:
-        raise click.ClickException(f"no variant of {runs_dir} records val_acc (a VAE study?); use --metric loss")
+        raise AnalysisError(f"no variant of {runs_dir} records val_acc (a VAE study?); use --metric loss")
     metric = metric or ("acc" if has_acc else "loss")
     rows = [variant_row(v, metric, study["measures"]) for v in variants]
     histories = {v["name"]: v["history"] for v in variants}

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import difflib
 
-import click
 import numpy as np
 
 from .common import batched, unit_images
+from .errors import BadOption
 
 
 def parse_floats(value: str, option: str, lo: float | None = None, hi: float | None = None) -> list[float]:
@@ -27,12 +27,12 @@ def parse_floats(value: str, option: str, lo: float | None = None, hi: float | N
     try:
         out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers like 0,0.5,1, got {value!r}",
-                                 param_hint=option) from None
+        raise BadOption(f"expected comma-separated numbers like 0,0.5,1, got {value!r}",
+                        option=option) from None
     if not out or not all(np.isfinite(out)):
-        raise click.BadParameter(f"expected finite numbers, got {value!r}", param_hint=option)
+        raise BadOption(f"expected finite numbers, got {value!r}", option=option)
     if (lo is not None and min(out) < lo) or (hi is not None and max(out) > hi):
-        raise click.BadParameter(f"values must lie in [{lo}, {hi}], got {value!r}", param_hint=option)
+        raise BadOption(f"values must lie in [{lo}, {hi}], got {value!r}", option=option)
     return out
 
 
@@ -40,8 +40,8 @@ def parse_pair_names(value: str) -> tuple[str, str]:
     """``"A_Name,B_Name"`` -> ("A_Name", "B_Name")."""
     parts = [p.strip() for p in value.split(",")]
     if len(parts) != 2 or not all(parts):
-        raise click.BadParameter(f"expected two person names like George_W_Bush,Serena_Williams, got {value!r}",
-                                 param_hint="--pair-names")
+        raise BadOption(f"expected two person names like George_W_Bush,Serena_Williams, got {value!r}",
+                        option="--pair-names")
     return parts[0], parts[1]
 
 
@@ -49,8 +49,8 @@ def parse_direction(value: str) -> tuple[list[str], list[str]]:
     """``"A1,A2;B1,B2"`` -> (["A1", "A2"], ["B1", "B2"])."""
     groups = [[n.strip() for n in g.split(",") if n.strip()] for g in value.split(";")]
     if len(groups) != 2 or not all(groups):
-        raise click.BadParameter(f"expected two groups of names like 'A1,A2;B1,B2' (group A minus group B), "
-                                 f"got {value!r}", param_hint="--direction")
+        raise BadOption(f"expected two groups of names like 'A1,A2;B1,B2' (group A minus group B), "
+                        f"got {value!r}", option="--direction")
     return groups[0], groups[1]
 
 
@@ -66,12 +66,12 @@ def person(ds, text: str, option: str) -> tuple[str, np.ndarray]:
     if label is None:
         close = difflib.get_close_matches(text.strip().replace(" ", "_"), names, n=5, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else f"no close match among {len(names)} names"
-        raise click.BadParameter(f"unknown person {text!r} in {ds.name}; {hint}", param_hint=option)
+        raise BadOption(f"unknown person {text!r} in {ds.name}; {hint}", option=option)
     idx = np.flatnonzero(np.asarray(ds.labels) == label)
     if not len(idx):
-        raise click.BadParameter(f"{names[label]} has no image in this split of {ds.name} ({len(ds)} images; "
-                                 f"people with one or two images are all in train): try --split train",
-                                 param_hint=option)
+        raise BadOption(f"{names[label]} has no image in this split of {ds.name} ({len(ds)} images; "
+                        f"people with one or two images are all in train): try --split train",
+                        option=option)
     return names[label], idx
 
 
@@ -82,10 +82,10 @@ def face(ds, text: str, option: str) -> tuple[str, int]:
     try:
         k = int(k or 0)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: the part after ':' must be an image number", param_hint=option) from None
+        raise BadOption(f"{text!r}: the part after ':' must be an image number", option=option) from None
     if not 0 <= k < len(idx):
-        raise click.BadParameter(f"{spelled} has {len(idx)} images in this split; {text!r} asks for number {k}",
-                                 param_hint=option)
+        raise BadOption(f"{spelled} has {len(idx)} images in this split; {text!r} asks for number {k}",
+                        option=option)
     return (f"{spelled}:{k}" if k else spelled), int(idx[k])
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import numpy as np
 
 from glassbox.data import class_balanced_sample
 
 from . import metrics, plots
 from .common import batched, model_input, unit_images, write_json
+from .errors import AnalysisError, BadOption
 
 
 def resolve_class(value: str, classes: list[str]) -> int:
@@ -26,8 +26,8 @@ def resolve_class(value: str, classes: list[str]) -> int:
     lowered = [c.lower() for c in classes]
     if value.lower() in lowered:
         return lowered.index(value.lower())
-    raise click.BadParameter(f"{value!r} is not a class; classes: {', '.join(classes)} "
-                             f"(or an index 0..{len(classes) - 1})")
+    raise BadOption(f"{value!r} is not a class; classes: {', '.join(classes)} "
+                    f"(or an index 0..{len(classes) - 1})")
 
 
 def slug(text: str) -> str:
@@ -39,7 +39,7 @@ def run(client, man: dict, ds, target: str, per_class: int, out: Path, sensitivi
         progress: bool = True) -> dict:
     model, classes = man["name"], man["labels"]
     if not man["graphs"].get("gradcam"):
-        raise click.ClickException(f"model {model!r} has no Grad-CAM graph (no spatial layer, e.g. an MLP or RNN)")
+        raise AnalysisError(f"model {model!r} has no Grad-CAM graph (no spatial layer, e.g. an MLP or RNN)")
     result = {"model": model}
     sample = class_balanced_sample(ds, per_class, seed=seed)
     x = model_input(man, sample.images)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import click
 import numpy as np
 import onnxruntime as ort
 
@@ -22,33 +21,34 @@ from glassbox.manifest import read_manifest, versions
 
 from . import plots
 from .compare import read_json
+from .errors import AnalysisError, BadOption
 
 
 def load_snapshots(run_dir) -> list[dict]:
     """The index entries in order, each with its exported version (the index's, else the newest): + {dir, manifest}."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise click.ClickException(f"{run_dir}: " + ("not a folder" if run_dir.exists() else "no such folder"))
+        raise AnalysisError(f"{run_dir}: " + ("not a folder" if run_dir.exists() else "no such folder"))
     index_path = run_dir / "snapshots" / "index.json"
     if not index_path.is_file():
-        raise click.ClickException(f"{run_dir}: no snapshots ({index_path} is missing; train with snapshots on)")
+        raise AnalysisError(f"{run_dir}: no snapshots ({index_path} is missing; train with snapshots on)")
     index = read_json(index_path)
     if not isinstance(index, list) or not index or not all(isinstance(e, dict) and e.get("model") for e in index):
-        raise click.ClickException(f"{index_path}: want a non-empty list of {{tag, epoch, train_acc, model}}")
+        raise AnalysisError(f"{index_path}: want a non-empty list of {{tag, epoch, train_acc, model}}")
     snaps = []
     for entry in index:
         model_dir = run_dir / "snapshots" / "exported" / str(entry["model"])
         found = versions(model_dir)
         if not found:
-            raise click.ClickException(f"snapshot {entry.get('tag')!r}: no exported version in {model_dir}")
+            raise AnalysisError(f"snapshot {entry.get('tag')!r}: no exported version in {model_dir}")
         version = entry["version"] if entry.get("version") in found else found[-1]
         try:
             man = read_manifest(model_dir / str(version))
         except ValueError as e:
-            raise click.ClickException(str(e)) from None
+            raise AnalysisError(str(e)) from None
         snaps.append({**entry, "version": version, "dir": model_dir / str(version), "manifest": man})
     if len(tasks := {s["manifest"]["task"] for s in snaps}) > 1:
-        raise click.ClickException(f"{index_path}: snapshots of different tasks ({', '.join(sorted(tasks))})")
+        raise AnalysisError(f"{index_path}: snapshots of different tasks ({', '.join(sorted(tasks))})")
     return snaps
 
 
@@ -63,7 +63,7 @@ def _session(snap: dict, graph: str) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's errors derive from Exception only
-        raise click.ClickException(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        raise AnalysisError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
 
 
 def pick_images(man: dict, n: int, seed: int, data_dir=None):
@@ -71,7 +71,7 @@ def pick_images(man: dict, n: int, seed: int, data_dir=None):
     try:
         ds = load_dataset(man["dataset"], split="test", data_dir=data_dir)
     except DatasetError as e:
-        raise click.ClickException(str(e)) from None
+        raise AnalysisError(str(e)) from None
     per_class = math.ceil(n / max(1, len(ds.classes)))  # enough per class that the pick has n images
     pick = class_balanced_sample(ds, per_class, seed=seed)
     return pick.images[:n], pick.labels[:n], list(ds.classes)
@@ -98,7 +98,7 @@ def feature_maps(run_dir, snaps: list[dict], layer: str, out: Path, images: int,
                  data_dir=None) -> dict:
     valid = model_layers(snaps)
     if layer not in valid:
-        raise click.BadParameter(f"unknown layer {layer!r}; layers: {', '.join(valid)}", param_hint="--layer")
+        raise BadOption(f"unknown layer {layer!r}; layers: {', '.join(valid)}", option="--layer")
     man = snaps[0]["manifest"]
     raw, labels, classes = pick_images(man, images, seed, data_dir)
     rows, stats = [], []
@@ -156,6 +156,6 @@ def run(run_dir, layer: str | None, out=None, images: int = 4, channels: int = 8
     if snaps[0]["manifest"]["task"] == "vae":
         return reconstructions(run_dir, snaps, out, images, seed, data_dir)
     if not layer:
-        raise click.BadParameter(f"a classifier's snapshots need a layer; layers: {', '.join(model_layers(snaps))}",
-                                 param_hint="--layer")
+        raise BadOption(f"a classifier's snapshots need a layer; layers: {', '.join(model_layers(snaps))}",
+                        option="--layer")
     return feature_maps(run_dir, snaps, layer, out, images, channels, seed, data_dir)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import faces, metrics, plots
 from .common import batched, call, unit_images, write_json
+from .errors import BadOption
 
 DEFAULT_STRENGTHS = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
 
@@ -45,8 +45,8 @@ def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int
     # Fail before minutes of work, not after: indices, names and the direction's groups.
     for a, b in pairs or []:
         if not (0 <= a < len(ds) and 0 <= b < len(ds)):
-            raise click.BadParameter(f"pair {a},{b}: indices must be in 0..{len(ds) - 1} ({ds.name} {len(ds)} images)",
-                                     param_hint="--pair")
+            raise BadOption(f"pair {a},{b}: indices must be in 0..{len(ds) - 1} ({ds.name} {len(ds)} images)",
+                            option="--pair")
     named = [tuple(faces.face(ds, n, "--pair-names") for n in faces.parse_pair_names(p)) for p in pair_names]
     groups = faces.parse_direction(direction) if direction else None
     targets = [faces.face(ds, n, "--direction-faces") for n in direction_faces]
