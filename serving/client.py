@@ -65,6 +65,15 @@ class GradCamResult:
 
 
 @dataclass
+class ExplainResult:
+    maps: np.ndarray      # [N, H, W] at input size, not normalised
+    targets: np.ndarray   # [N]
+    logits: np.ndarray    # [N, K]
+    method: str
+    seeds: list[int]      # smoothgrad with drawn noise: the seed of each request (one per chunk)
+
+
+@dataclass
 class EncodeResult:
     mean: np.ndarray
     logvar: np.ndarray
@@ -256,6 +265,34 @@ class GlassboxClient:
             ts += list(r.targets)
             logits.append(_arr(r.logits))
         return GradCamResult(np.concatenate(cams), np.array(ts, np.int64), np.concatenate(logits))
+
+    def explain(self, name: str, images, method: str, targets=None, *, seed: int = 0, noise=None,
+                noise_std: float = 0.0) -> ExplainResult:
+        """``method``'s maps for ``images`` (the predicted classes unless ``targets``). SmoothGrad: ``noise``
+        [N, samples, C, H, W] as given, else drawn by the server from ``seed`` (chunk i of a large call
+        from ``seed + i``; 0: random seeds, returned in ``seeds``) with ``noise_std`` (0: the manifest's)."""
+        from .explain import max_images
+        maps, ts, logits, seeds = [], [], [], []
+        targets = None if targets is None else np.asarray(targets, np.int64).reshape(-1)
+        if len(images):
+            self._chunk_size(name, images)  # fetches the manifest
+        most = max_images(method, self._manifests[name]) if name in self._manifests else self.chunk
+        start = 0
+        for i, part in enumerate(self._chunks(images, name)):
+            for j in range(0, max(1, len(part)), most):
+                sub, at = part[j:j + most], start + j
+                options = pb.ExplainOptions(seed=seed + i + j if seed else 0, noise_std=noise_std)
+                if noise is not None:
+                    options.noise.CopyFrom(_tensor(np.ascontiguousarray(noise[at:at + len(sub)], np.float32)))
+                t = [] if targets is None else targets[at:at + len(sub)].tolist()
+                r = self._call("Explain", pb.ExplainRequest(name=name, images=_images(sub), method=method, targets=t,
+                                                            options=options))
+                maps.append(_arr(r.maps))
+                ts += list(r.targets)
+                logits.append(_arr(r.logits))
+                seeds.append(int(r.seed))
+            start += len(part)
+        return ExplainResult(np.concatenate(maps), np.array(ts, np.int64), np.concatenate(logits), method, seeds)
 
     def encode(self, name: str, images, sample: bool = False, seed: int = 0) -> EncodeResult:
         means, logvars, zs = [], [], []

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from . import explain
 from ._generated.glassbox.v1 import glassbox_pb2 as pb
 from ._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
 from .errors import InvalidArgument
@@ -59,6 +60,9 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
 
     async def GradCam(self, request, context):
         return await self._call("GradCam", request, context, self._grad_cam, task="classifier")
+
+    async def Explain(self, request, context):
+        return await self._call("Explain", request, context, self._explain, task="classifier")
 
     async def Encode(self, request, context):
         return await self._call("Encode", request, context, self._encode, task="vae")
@@ -130,6 +134,22 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
             t = logits.argmax(1).astype(np.int64)
         out = await self.rt.infer(m, "gradcam", {"input": x, "target": t}, ["cam", "logits"], context)
         return pb.GradCamResponse(cams=to_proto(out["cam"]), targets=t.tolist(), logits=to_proto(out["logits"]))
+
+    async def _explain(self, request, m, context):
+        graph, out_name = explain.check_method(request.method, m.manifest)
+        x = await _images(request.images, m.manifest)
+        if len(x) > (most := explain.max_images(request.method, m.manifest)):
+            raise InvalidArgument(f"images: {len(x)} is above the maximum of {most} for {request.method!r}; split it")
+        t = explain.check_targets(request.targets, len(x), len(m.manifest["labels"]))
+        if t is None:
+            logits = (await self.rt.infer(m, "classifier", {"input": x}, ["logits"], context))["logits"]
+            t = logits.argmax(1).astype(np.int64)
+        feeds, seed = {"input": x, "target": t}, 0
+        if request.method == "smoothgrad":
+            feeds["noise"], seed = explain.smoothgrad_noise(request.options, x, m.manifest)
+        out = await self.rt.infer(m, graph, feeds, [out_name, "logits"], context)
+        return pb.ExplainResponse(maps=to_proto(out[out_name]), targets=t.tolist(), logits=to_proto(out["logits"]),
+                                  method=request.method, seed=seed)
 
     async def _encode(self, request, m, context):
         mean, logvar = await self._run_encoder(m, await _images(request.images, m.manifest), context)

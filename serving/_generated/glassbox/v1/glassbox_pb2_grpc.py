@@ -59,6 +59,11 @@ class GlassboxStub:
                 request_serializer=glassbox_dot_v1_dot_glassbox__pb2.GradCamRequest.SerializeToString,
                 response_deserializer=glassbox_dot_v1_dot_glassbox__pb2.GradCamResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/glassbox.v1.Glassbox/Explain',
+                request_serializer=glassbox_dot_v1_dot_glassbox__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=glassbox_dot_v1_dot_glassbox__pb2.ExplainResponse.FromString,
+                _registered_method=True)
         self.Encode = channel.unary_unary(
                 '/glassbox.v1.Glassbox/Encode',
                 request_serializer=glassbox_dot_v1_dot_glassbox__pb2.EncodeRequest.SerializeToString,
@@ -109,6 +114,12 @@ class GlassboxServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GradCam(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Explain(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +176,11 @@ def add_GlassboxServicer_to_server(servicer, server):
                     servicer.GradCam,
                     request_deserializer=glassbox_dot_v1_dot_glassbox__pb2.GradCamRequest.FromString,
                     response_serializer=glassbox_dot_v1_dot_glassbox__pb2.GradCamResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=glassbox_dot_v1_dot_glassbox__pb2.ExplainRequest.FromString,
+                    response_serializer=glassbox_dot_v1_dot_glassbox__pb2.ExplainResponse.SerializeToString,
             ),
             'Encode': grpc.unary_unary_rpc_method_handler(
                     servicer.Encode,
@@ -322,6 +338,33 @@ class Glassbox:
             '/glassbox.v1.Glassbox/GradCam',
             glassbox_dot_v1_dot_glassbox__pb2.GradCamRequest.SerializeToString,
             glassbox_dot_v1_dot_glassbox__pb2.GradCamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/glassbox.v1.Glassbox/Explain',
+            glassbox_dot_v1_dot_glassbox__pb2.ExplainRequest.SerializeToString,
+            glassbox_dot_v1_dot_glassbox__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
