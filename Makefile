@@ -65,3 +65,52 @@ bench: setup
 
 clean:
 	rm -rf runs reports build *.egg-info mutants .coverage .coverage.* htmlcov
+
+# The serving image (deploy/Containerfile, deploy/README.md): as root, with Debian's podman, buildah,
+# mmdebstrap and runc; no Docker daemon and no registry. The base is Debian bookworm (minbase + python3)
+# made by mmdebstrap and imported, so nothing is pulled. Podman on these machines needs runc with the
+# cgroupfs manager (crun fails: "setrlimit RLIMIT_NOFILE not permitted", then "cgroups in hybrid mode not
+# supported"), no default ulimits (CONTAINERS_CONF) and chroot isolation for builds. image-test runs the
+# image on exported/ (or a freshly trained tiny repository when exported/ has no lenet) and stops it with
+# `podman stop`, as the kubelet does; it is not part of `make test`.
+IMAGE      ?= localhost/glassbox-serve:latest
+IMAGE_BASE ?= localhost/glassbox-base:bookworm
+IMAGE_DIR  := build/image
+PODMAN_RUN := podman --runtime runc --cgroup-manager=cgroupfs
+PODMAN     := CONTAINERS_CONF=$(CURDIR)/$(IMAGE_DIR)/containers.conf $(PODMAN_RUN)
+MMDEBSTRAP := mmdebstrap --variant=minbase --include=python3,python3-venv \
+	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+	--customize-hook='rm -rf "$$1"/var/lib/apt/lists/* "$$1"/var/cache/apt/*' bookworm
+
+.PHONY: podman image image-test
+
+podman:
+	@if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null; then \
+	  $(call apt_or_hint,podman buildah mmdebstrap runc,podman/mmdebstrap/runc not found: run 'sudo apt-get install podman buildah mmdebstrap runc' (make image needs them as root)); \
+	fi
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null \
+	  || { echo "make image: podman, mmdebstrap and runc are needed (as root); this machine has not got them"; exit 1; }
+	@mkdir -p $(IMAGE_DIR) && printf '[containers]\ndefault_ulimits = []\n' > $(IMAGE_DIR)/containers.conf
+
+image: setup podman
+	@start=$$(date +%s); set -e; \
+	if ! $(PODMAN) image exists $(IMAGE_BASE); then \
+	  echo "base: mmdebstrap bookworm -> $(IMAGE_BASE)"; \
+	  $(MMDEBSTRAP) $(IMAGE_DIR)/rootfs.tar >$(IMAGE_DIR)/mmdebstrap.log 2>&1 || { tail -20 $(IMAGE_DIR)/mmdebstrap.log; exit 1; }; \
+	  $(PODMAN) import -q $(IMAGE_DIR)/rootfs.tar $(IMAGE_BASE) >/dev/null; rm -f $(IMAGE_DIR)/rootfs.tar; \
+	fi; \
+	rm -rf $(IMAGE_DIR)/context $(IMAGE_DIR)/src && mkdir -p $(IMAGE_DIR)/context/app $(IMAGE_DIR)/src; \
+	$(BIN)/pip download -q -d $(IMAGE_DIR)/wheels --only-binary=:all: -r deploy/requirements.txt; \
+	cp -r $(IMAGE_DIR)/wheels deploy/requirements.txt $(IMAGE_DIR)/context/; \
+	tar -c --exclude=__pycache__ pyproject.toml README.md glassbox serving | tar -x -C $(IMAGE_DIR)/src; \
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(IMAGE_DIR)/context/app $(IMAGE_DIR)/src; \
+	$(PODMAN) build -q --isolation chroot --build-arg BASE=$(IMAGE_BASE) -f deploy/Containerfile \
+	  -t $(IMAGE) $(IMAGE_DIR)/context >/dev/null; \
+	echo "$(IMAGE): built in $$(( $$(date +%s) - start )) s, $$($(PODMAN) image inspect --format '{{.Size}}' $(IMAGE) \
+	  | awk '{printf "%.0f MB", $$1 / 1e6}')"
+
+image-test: setup podman
+	@$(PODMAN) image exists $(IMAGE) || { echo "image-test: no image $(IMAGE): run 'make image' first"; exit 1; }
+	CONTAINERS_CONF=$(CURDIR)/$(IMAGE_DIR)/containers.conf GLASSBOX_IMAGE=$(IMAGE) GLASSBOX_PODMAN="$(PODMAN_RUN)" \
+	  $(BIN)/python -m pytest -q -ra -s tests/deploy/test_image.py
