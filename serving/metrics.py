@@ -22,6 +22,11 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.queue_depth = Gauge("glassbox_queue_depth", "Requests waiting per graph", ["graph"],
                                  registry=self.registry, multiprocess_mode="livesum")
+        # The autoscaler's signal (deploy/k8s: rate of _sum over rate of _count, as Triton's chart does with
+        # nv_inference_queue_duration_us): time from a request's arrival in the queue to its batch's run.
+        self.queue_time = Histogram("glassbox_queue_seconds", "Seconds a request waited in its graph's queue",
+                                    ["graph"], registry=self.registry,
+                                    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.dropped = Counter("glassbox_dropped_jobs", "Queued jobs dropped before compute: reason deadline (it "
                                "passed while queued) or cancelled (the client went away)", ["graph", "reason"],
                                registry=self.registry)
