@@ -4,6 +4,7 @@
     analyze embeddings --model lenet --layer all --thumbnails
     analyze gradcam --model lenet --target predicted --sensitivity 5
     analyze accuracy --model lenet
+    analyze explain --model resnet --images 500   # every explanation method: deletion/insertion, randomisation
     analyze vae --model cvae --steps 10
     analyze vae --model cvae-faces000 --show 400 --pair-names "Jennifer_Aniston,Tony_Blair" --alphas 0,0.5,1
     analyze report --out reports/demo
@@ -134,6 +135,29 @@ def accuracy(server, model, dataset_name, split, data_dir, out, seed, limit):
     report = acc.run(client, man, ds, Path(out) / model, limit)
     click.echo(acc.table(report))
     click.echo(f"wrote {Path(out) / model}/confusion.png, mistakes.png, accuracy.json")
+
+
+@cli.command(context_settings=CTX)
+@common()
+@click.option("--methods", default=None, metavar="M,M,...",
+              help="Explanation methods to compare [default: every one the model carries].")
+@click.option("--images", type=click.IntRange(1, 10000), default=500, help="Test images scored (a seeded subset).")
+@click.option("--steps", type=click.IntRange(2, 784), default=16,
+              help="Points of each deletion / insertion curve (1/steps of the pixels per step).")
+def explain(server, model, dataset_name, split, data_dir, out, seed, methods, images, steps):
+    """Attribution methods side by side: deletion / insertion AUC against random and centre maps,
+    the share of images each beats the random map on, and the model-randomisation check."""
+    from . import explain as ex
+    client, man, ds = _setup(server, model, dataset_name, split, data_dir)
+    _require_classifier(man, "explain")
+    res = ex.run(client, man, ds, Path(out) / model, methods=methods.split(",") if methods else None, images=images,
+                 steps=steps, seed=seed)
+    click.echo(f"{model}: {res['images']} {split} images, predicted class, {steps}-step curves")
+    for line in ex.table_lines(res):
+        click.echo(line)
+    for m, words in res["verdicts"].items():
+        click.echo(f"{m}: {words}")
+    click.echo(f"wrote {Path(out) / model}/explain.json, explain_curves.png, explain_grid.png")
 
 
 def _pair(value: str) -> tuple[int, int]:

@@ -7,6 +7,7 @@
     export runs/quick --layout triton --out DIR    # export, then write those models' Triton layout
 
     export runs/quick/resnet --quantize int8       # also resnet-int8, if it passes the INT8 gates
+    export runs/quick/resnet --explain all --randomized   # every explanation graph, and resnet-randomized
 
 Exit codes: 0 all exported; 1 a parity gate refused a model, or an INT8 gate refused its variant
 (nothing written for it; an INT8 refusal is one line naming the gate and both figures);
@@ -73,7 +74,13 @@ def _fail(message: str, code: int):
               help="Also publish <name>-int8: static QDQ int8 quantization calibrated on training images, kept "
                    "only if top-1 drops <= 0.5 points, batch-32 latency is >= 1.2x lower and Grad-CAM agrees "
                    "(top-10% IoU >= 0.8); see training/export/quantize.py.")
-def export(paths, repository, name, parity_images, data_dir, layout, out, quantize):
+@click.option("--explain", "explain", default=None, metavar="M,M,...|all|none",
+              help="Explanation graphs a classifier carries: gradcam, gradcampp, saliency, ig, smoothgrad (each "
+                   "gated against pytorch-grad-cam or Captum) [default: the run config's explain, else gradcam].")
+@click.option("--randomized/--no-randomized", default=None,
+              help="Also publish <name>-randomized (every layer re-initialised) for the model-randomisation check "
+                   "[default: the run config's explain_randomized, else no].")
+def export(paths, repository, name, parity_images, data_dir, layout, out, quantize, explain, randomized):
     """Export checkpoints to ONNX graphs in the model repository, gated by a parity check.
 
     CHECKPOINT_OR_RUN_DIR is a checkpoint file (best.pt), a run directory holding best.pt, or a
@@ -93,7 +100,9 @@ def export(paths, repository, name, parity_images, data_dir, layout, out, quanti
         if layout != "triton":
             _fail("missing CHECKPOINT_OR_RUN_DIR (or --layout triton --out DIR to convert the repository)", 2)
         sys.exit(_write_triton(repository, out, None))
-    code, names = _export(paths, repository, name, parity_images, data_dir, quantize)
+    methods = None if explain is None else _methods(explain)
+    code, names = _export(paths, repository, name, parity_images, data_dir, quantize,
+                          {"explain": methods, "randomized": randomized})
     if layout == "triton" and names:
         code = max(code, _write_triton(repository, out, names))
     sys.exit(code)
@@ -124,7 +133,17 @@ def _write_triton(repository: str, out: str, models: list[str] | None) -> int:
     return 0
 
 
-def _export(paths, repository, name, parity_images, data_dir, quantize=None) -> tuple[int, list[str]]:
+def _methods(value: str) -> list[str]:
+    from .explain import METHODS
+    if value in ("all", "none"):
+        return list(METHODS) if value == "all" else []
+    methods = [m.strip() for m in value.split(",") if m.strip()]
+    if unknown := [m for m in methods if m not in METHODS]:
+        _fail(f"--explain: unknown method {', '.join(unknown)}; methods: {', '.join(METHODS)}, all or none", 2)
+    return methods
+
+
+def _export(paths, repository, name, parity_images, data_dir, quantize=None, options=None) -> tuple[int, list[str]]:
     """Export checkpoints into ``repository``: the exit code and the names of the models written."""
     from glassbox.data import DatasetError
 
@@ -144,7 +163,8 @@ def _export(paths, repository, name, parity_images, data_dir, quantize=None) -> 
     rows, code = [], 0
     for ck in ckpts:
         try:
-            r = export_checkpoint(ck, repository, name, parity_images=parity_images, data_dir=data_dir)
+            r = export_checkpoint(ck, repository, name, parity_images=parity_images, data_dir=data_dir,
+                                  **(options or {}))
         except ParityError as e:
             click.echo(f"error: {ck}: {e.summary()}", err=True)
             code = max(code, 1)
