@@ -20,7 +20,7 @@ from glassbox.data import DatasetError, dataset_info, longtail_spec
 from glassbox.io import atomic_write, write_json
 from glassbox.plots import finite
 
-from . import plots
+from . import curves, plots
 from .errors import AnalysisError
 
 DEFAULT_ZOOM = 10
@@ -289,22 +289,22 @@ def run(runs_dir, out=None, zoom: int | None = None, metric: str | None = None) 
     histories = {v["name"]: v["history"] for v in variants}
     labels = {r["variant"]: r["variant"] + (f" (diverged, epoch {r['diverged_epoch']})" if r["diverged_epoch"]
                                             is not None else "") for r in rows}
-    kinds = plots.curve_kinds(list(histories.values()))
-    curves = {name: [("train_label_loss" if split == "label" else f"{split}_{kind}")
-                     for kind in kinds for split in plots.curve_series(h, kind)] for name, h in histories.items()}
-    test_drawn = any(k.startswith("test_") for keys in curves.values() for k in keys)
+    kinds = curves.curve_kinds(list(histories.values()))
+    series = {name: [("train_label_loss" if split == "label" else f"{split}_{kind}")
+                     for kind in kinds for split in curves.curve_series(h, kind)] for name, h in histories.items()}
+    test_drawn = any(k.startswith("test_") for keys in series.values() for k in keys)
     figures = []
     if any(histories.values()):
         drawn = {k: h for k, h in histories.items() if h}
-        plots.save(plots.compare_curves_figure(drawn, study["title"] or study["name"], subtitle(study, test_drawn),
-                                               zoom, labels), out / "compare_curves.png")
+        plots.save(curves.compare_curves_figure(drawn, study["title"] or study["name"], subtitle(study, test_drawn),
+                                                zoom, labels), out / "compare_curves.png")
         figures.append("compare_curves.png")
     fig, notes = first_layer_figure(study, variants)
     if fig is not None:
         plots.save(fig, out / "first_layer_weights.png")
         figures.append("first_layer_weights.png")
     result = {"study": {**study, "zoom": zoom}, "metric": metric, "columns": columns(metric, study["measures"], rows),
-              "rows": rows, "curves": curves, "figures": figures, "notes": notes, "out": str(out)}
+              "rows": rows, "curves": series, "figures": figures, "notes": notes, "out": str(out)}
     write_json(out / "compare.json", result)
     text = markdown(result)
     atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text))

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.colors import to_hex
 
-from analysis import compare, plots
+from analysis import compare, curves, plots
 from analysis.cli import cli
 from glassbox.data import dataset_info
 from tests.helpers.files import strict_json
@@ -132,7 +132,7 @@ def test_compare_default_out_and_no_study_json(study_dir):
 
 def test_compare_figure_one_line_per_variant_zoom_and_log_scale(study_dir):
     hist = {v: json.loads((study_dir / v / "history.json").read_text()) for v in VARIANTS}
-    fig = plots.compare_curves_figure(hist, "t", "s", zoom=4)
+    fig = curves.compare_curves_figure(hist, "t", "s", zoom=4)
     axes = np.array(fig.axes).reshape(2, 3)                 # rows loss, acc; columns all, first 4, last 4
     for ax in axes.flat:
         val_lines = [line for line in ax.get_lines() if line.get_label().endswith(" val")]
@@ -158,7 +158,7 @@ def test_compare_figure_one_line_per_variant_zoom_and_log_scale(study_dir):
 def test_label_loss_of_a_distilled_run_is_drawn():
     hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_label_loss": 1.5 / e,
              "train_acc": 0.5, "val_acc": 0.5} for e in range(1, 4)]
-    fig = plots.compare_curves_figure({"student": hist}, zoom=10)
+    fig = curves.compare_curves_figure({"student": hist}, zoom=10)
     assert len(fig.axes) == 2                                              # loss, acc; no zoom for 3 epochs
     labels = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
     assert labels["student label"] == "-." and "train, label loss" in [t.get_text() for t in fig.legends[0].texts]
