@@ -24,6 +24,9 @@ def triton_config(triton_name: str, graph: dict, max_batch_size: int,
         "input [", ",\n".join(_tensor(t) for t in graph["inputs"]), "]",
         "output [", ",\n".join(_tensor(t) for t in graph["outputs"]), "]",
         f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}",
+        # Every graph is a pure function of its inputs, so repeated requests may be answered from the
+        # response cache, where the server has one (serve --cache-config, tritonserver --cache-config).
+        "response_cache { enable: true }",
         "",
     ])
 
