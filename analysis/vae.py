@@ -42,17 +42,7 @@ def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int
     direction = direction if direction is not None else opts.get("direction")
     direction_faces = list(direction_faces if direction_faces is not None else opts.get("direction_faces", []))
     strengths = list(strengths if strengths is not None else opts.get("strengths", DEFAULT_STRENGTHS))
-    # Fail before minutes of work, not after: indices, names and the direction's groups.
-    for a, b in pairs or []:
-        if not (0 <= a < len(ds) and 0 <= b < len(ds)):
-            raise BadOption(f"pair {a},{b}: indices must be in 0..{len(ds) - 1} ({ds.name} {len(ds)} images)",
-                            option="--pair")
-    named = [tuple(faces.face(ds, n, "--pair-names") for n in faces.parse_pair_names(p)) for p in pair_names]
-    groups = faces.parse_direction(direction) if direction else None
-    targets = [faces.face(ds, n, "--direction-faces") for n in direction_faces]
-    if groups:
-        for n in groups[0] + groups[1]:
-            faces.person(ds, n, "--direction")
+    named, groups, targets = _faces(ds, pairs, pair_names, direction, direction_faces)
 
     idx = np.sort(rng.choice(len(ds), min(images, len(ds)), replace=False))
     x = unit_images(man, ds.images[idx])  # VAEs take pixels in [0, 1]
@@ -68,29 +58,14 @@ def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int
     if not ends:
         ends = [((f"#{a} {_name(ds, a)}", a), (f"#{b} {_name(ds, b)}", b))
                 for a, b in (tuple(int(v) for v in rng.choice(len(ds), 2, replace=False)) for _ in range(n_pairs))]
-    strips = []
-    for (_, a), (_, b) in tqdm(ends, desc=f"{model} interpolate", disable=not progress, leave=False):
-        pair = unit_images(man, ds.images[[a, b]])
-        strips.append(call(client.interpolate, model, pair[0], pair[1], alphas=alphas.tolist()))
-    plots.save(plots.rows_figure(strips, [f"{la}\n-> {lb}" for (la, _), (lb, _) in ends],
-                                 [f"{al:.2f}" for al in alphas],
-                                 suptitle=f"{model}: latent interpolation, alpha {alphas[0]:g} -> {alphas[-1]:g}"),
-               out / "vae_interpolations.png")
+    _interpolations(client, man, ds, ends, alphas, out / "vae_interpolations.png", progress)
     figures = ["vae_reconstructions.png", "vae_interpolations.png"]
 
     dir_info = None
     if groups:
-        d, dir_info = faces.direction(client, man, ds, *groups, progress=progress)
         if not targets:  # the named pairs' faces, else the first images of the sample
             targets = [f for pair in named for f in pair] or [(f"#{i} {_name(ds, i)}", int(i)) for i in idx[:4]]
-        z = batched(client.encode, model, unit_images(man, ds.images[[i for _, i in targets]]), progress=False).mean
-        rows = [call(client.decode, model, (zi[None] + np.asarray(strengths, np.float32)[:, None] * d[None])
-                     .astype(np.float32)) for zi in z]
-        plots.save(plots.rows_figure(rows, [label for label, _ in targets], [f"{s:+g}" for s in strengths],
-                                     suptitle=f"{model}: face + s x (mean latent of {_group(dir_info['a'])} "
-                                              f"- mean of {_group(dir_info['b'])})"),
-                   out / "vae_direction.png")
-        dir_info.update(faces=[label for label, _ in targets], strengths=strengths)
+        dir_info = _direction(client, man, ds, groups, targets, strengths, out / "vae_direction.png", progress)
         figures.append("vae_direction.png")
 
     z = rng.standard_normal((samples, int(man["latent_dim"]))).astype(np.float32)
@@ -105,6 +80,52 @@ def run(client, man: dict, ds, out: Path, steps: int = 10, pairs: list[tuple[int
               "figures": figures}
     write_json(out / "vae.json", result)
     return result
+
+
+def _faces(ds, pairs, pair_names: list[str], direction: str | None, direction_faces: list[str]):
+    """The pairs' indices, named faces and the direction's people checked against the dataset (before
+    minutes of work, not after): (named pairs, direction groups or None, direction target faces)."""
+    for a, b in pairs or []:
+        if not (0 <= a < len(ds) and 0 <= b < len(ds)):
+            raise BadOption(f"pair {a},{b}: indices must be in 0..{len(ds) - 1} ({ds.name} {len(ds)} images)",
+                            option="--pair")
+    named = [tuple(faces.face(ds, n, "--pair-names") for n in faces.parse_pair_names(p)) for p in pair_names]
+    groups = faces.parse_direction(direction) if direction else None
+    targets = [faces.face(ds, n, "--direction-faces") for n in direction_faces]
+    if groups:
+        for n in groups[0] + groups[1]:
+            faces.person(ds, n, "--direction")
+    return named, groups, targets
+
+
+def _interpolations(client, man: dict, ds, ends: list, alphas: np.ndarray, path: Path, progress: bool) -> None:
+    """One strip per pair of ends: the images decoded along the line between their latent means."""
+    model = man["name"]
+    strips = []
+    for (_, a), (_, b) in tqdm(ends, desc=f"{model} interpolate", disable=not progress, leave=False):
+        pair = unit_images(man, ds.images[[a, b]])
+        strips.append(call(client.interpolate, model, pair[0], pair[1], alphas=alphas.tolist()))
+    plots.save(plots.rows_figure(strips, [f"{la}\n-> {lb}" for (la, _), (lb, _) in ends],
+                                 [f"{al:.2f}" for al in alphas],
+                                 suptitle=f"{model}: latent interpolation, alpha {alphas[0]:g} -> {alphas[-1]:g}"),
+               path)
+
+
+def _direction(client, man: dict, ds, groups, targets: list, strengths: list[float], path: Path,
+               progress: bool) -> dict:
+    """The attribute direction (mean latent of group A minus that of group B) added to each target face
+    in steps of ``strengths``; the direction's summary, with the faces and strengths drawn."""
+    model = man["name"]
+    d, info = faces.direction(client, man, ds, *groups, progress=progress)
+    z = batched(client.encode, model, unit_images(man, ds.images[[i for _, i in targets]]), progress=False).mean
+    rows = [call(client.decode, model, (zi[None] + np.asarray(strengths, np.float32)[:, None] * d[None])
+                 .astype(np.float32)) for zi in z]
+    plots.save(plots.rows_figure(rows, [label for label, _ in targets], [f"{s:+g}" for s in strengths],
+                                 suptitle=f"{model}: face + s x (mean latent of {_group(info['a'])} "
+                                          f"- mean of {_group(info['b'])})"),
+               path)
+    info.update(faces=[label for label, _ in targets], strengths=strengths)
+    return info
 
 
 def reconstructions_figure(x: np.ndarray, recon: np.ndarray, title: str, ncols: int = 20):

@@ -9,10 +9,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from analysis import report
 from analysis.cli import cli
-from analysis.report import _faces as faces_section
 from glassbox.data import DatasetNotFound, load_dataset
 from glassbox.data.lfw import crop_npz
+from glassbox.manifest import read_manifest
 from tests.helpers.data import write_lfw_folders
 from tests.helpers.files import strict_json
 from tests.helpers.server import start_server, stop_server
@@ -142,7 +143,9 @@ def test_vae_by_person_name_on_a_server(faces_npz, tmp_path):
                                 "vae_samples.png"]
         assert "direction: 1 people" in r.output
         # The HTML report's faces section (analyze report draws it from the same vae.run result).
-        html = faces_section(v, tmp_path / "out" / "faces")
-        assert "<h3>Faces</h3>" in html and "Dan_Brown:1 to Carla_Diaz" in html and html.count("<img") == 2
+        man = read_manifest(tmp_path / "repo" / "faces" / "1")
+        page = report.render({"faces": {"manifest": man, "vae": v}}, tmp_path / "out", address).read_text()
+        html = page[page.index("<h3>Faces</h3>"):page.index('<figure><img alt="Samples from the prior"')]
+        assert "Dan_Brown:1 to Carla_Diaz" in html and html.count("<img") == 2
     finally:
         stop_server(proc)
