@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tabulate import tabulate
 
 from glassbox.data import head_tail_accuracy
 
@@ -61,7 +62,6 @@ def table(report: dict) -> str:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         lines.append(f"head classes {fmt(report['head_acc'])}, tail classes {fmt(report['tail_acc'])} "
                      f"(tail: classes {', '.join(map(str, report['tail_classes']))}, reduced in training)")
-    lines.append(f"{'class':14s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'support':>8s}")
-    for c in report["per_class"]:
-        lines.append(f"{c['class'][:14]:14s} {c['precision']:9.3f} {c['recall']:7.3f} {c['f1']:6.3f} {c['support']:8d}")
+    rows = [[c["class"][:14], c["precision"], c["recall"], c["f1"], c["support"]] for c in report["per_class"]]
+    lines.append(tabulate(rows, ["class", "precision", "recall", "f1", "support"], floatfmt=".3f"))
     return "\n".join(lines)

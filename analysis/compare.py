@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tabulate import tabulate
 
 from glassbox.data import DatasetError, dataset_info, longtail_spec
 from glassbox.io import atomic_write, write_json
@@ -180,26 +181,26 @@ def table_cells(result: dict) -> tuple[list[str], list[list[str]]]:
             [[cell(k, row.get(k), result["metric"]) for k, _ in cols] for row in result["rows"]])
 
 
-def text_table(result: dict) -> str:
+def _tabulate(result: dict, tablefmt: str) -> str:
     head, rows = table_cells(result)
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    # Variant names read left-aligned, numbers right-aligned so their digits line up.
-    fmt = [str.ljust if i == 0 else str.rjust for i in range(len(head))]
-    lines = ["  ".join(f(x, w) for f, x, w in zip(fmt, r, widths, strict=True)) for r in [head, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    # Variant names read left-aligned, numbers right-aligned so their digits line up; the cells are
+    # already formatted (cell()), so tabulate must not parse them back into numbers.
+    return tabulate(rows, head, tablefmt=tablefmt, colalign=["left"] + ["right"] * (len(head) - 1),
+                    disable_numparse=True)
+
+
+def text_table(result: dict) -> str:
+    return _tabulate(result, "simple")
 
 
 def markdown(result: dict) -> str:
     s = result["study"]
-    head, rows = table_cells(result)
     out = [f"# {s['title'] or s['name']}", ""]
     if s.get("report"):
         out += [f"Reproduces report {s['report']}" + (f": {s['reported']}" if s.get("reported") else "."), ""]
     if s.get("notes"):
         out += [s["notes"], ""]
-    out += ["| " + " | ".join(head) + " |", "|" + "|".join([":--", *["--:"] * (len(head) - 1)]) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out.append(_tabulate(result, "pipe"))
     out += ["", f"Test {result['metric']}: {TEST_NOTE}.", ""]
     if any(k == "head_acc" for k, _ in result["columns"]):
         out += [HEAD_TAIL_NOTE, ""]

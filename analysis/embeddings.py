@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -122,8 +123,6 @@ def run(client, man: dict, ds, layers: list[str], per_class: int, out: Path, thu
 
 
 def table(summary: dict) -> str:
-    lines = [f"{'layer':10s} {'dims':>6s} {'kNN layer':>10s} {'kNN t-SNE':>10s} {'trust':>7s} {'silhouette':>11s}"]
-    for layer, s in summary["layers"].items():
-        lines.append(f"{layer:10s} {s['dims']:6d} {s['knn_acc_layer']:10.3f} {s['knn_acc_2d']:10.3f} "
-                     f"{s['trustworthiness']:7.3f} {s['silhouette_layer']:11.3f}")
-    return "\n".join(lines)
+    rows = [[layer, s["dims"], s["knn_acc_layer"], s["knn_acc_2d"], s["trustworthiness"], s["silhouette_layer"]]
+            for layer, s in summary["layers"].items()]
+    return tabulate(rows, ["layer", "dims", "kNN layer", "kNN t-SNE", "trust", "silhouette"], floatfmt=".3f")
