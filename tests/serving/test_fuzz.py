@@ -60,6 +60,7 @@ def seeds(latent_dim: int) -> list[tuple[str, bytes]]:
         ("Embed", pb.EmbedRequest(name="lenet", images=images, layers=["fc1", "conv2"])),
         ("GradCam", pb.GradCamRequest(name="lenet", images=images, targets=[3, 7])),
         ("GradCam", pb.GradCamRequest(name="lenet", images=files)),
+        ("Explain", pb.ExplainRequest(name="lenet", images=images, method="gradcam", targets=[3, 7])),
         ("Encode", pb.EncodeRequest(name="cvae", images=images, sample=True, seed=7)),
         ("Decode", pb.DecodeRequest(name="cvae", latents=tensor(z))),
         ("Reconstruct", pb.ReconstructRequest(name="cvae", images=images)),
