@@ -36,6 +36,20 @@ def data_dir(shared_data, fmnist_dir, tmp_path_factory):
     return d
 
 
+def assert_holds(want, got, where: str) -> None:
+    """Every value ``want`` sets is in ``got``, a run's config.json (which training adds to: the data's
+    classes, shape and statistics, the device); None in ``want`` is left for the data to decide, and
+    data_dir is where train-all's --data-dir points."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict), f"{where}: {got!r}"
+        for k, v in want.items():
+            if v is not None and k != "data_dir":
+                assert k in got, f"{where}.{k} is missing"
+                assert_holds(v, got[k], f"{where}.{k}")
+    else:
+        assert got == want, f"{where}: {got!r}, the variant sets {want!r}"
+
+
 # The CIFAR-10 studies of report 003 run tiny in tests/training/test_longtail.py (ResNet-50 in a small form there),
 # the faces studies in tests/training/test_faces.py (on tiny LFW folders in the real layout).
 @pytest.mark.parametrize("name", [s for s in list_studies() if s not in ("regularization-mnist", "distill-mnist")
@@ -46,6 +60,13 @@ def test_every_study_runs_tiny(name, data_dir, tmp_path):
     configs, _, meta = load_profile(f"training/studies/{name}.toml")
     assert [r["run"] for r in summary["runs"]] == [c["name"] for c in configs] == study["variants"]
     assert study["report"] and study["title"] and study["overrides"]["epochs"] == 1
+    # Each run trained its own variant: its config.json holds what the study file and the overrides set
+    # for it (a --study that applied only [defaults] would train one config under every name).
+    want, _, _ = load_profile(f"training/studies/{name}.toml", study["overrides"])
+    assert len({json.dumps(c, sort_keys=True, default=str) for c in want}) == len(want), "the variants differ"
+    for cfg in want:
+        assert_holds(json.loads(json.dumps(cfg, default=str)),
+                     json.loads((tmp_path / cfg["name"] / "config.json").read_text()), cfg["name"])
     for r in summary["runs"]:
         run = tmp_path / r["run"]
         assert (run / "metrics.json").is_file() and (run / "config.json").is_file()
