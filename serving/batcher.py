@@ -37,6 +37,7 @@ class Job:
     n: int
     future: asyncio.Future
     deadline: float | None  # time.monotonic() seconds
+    queued_ns: int = 0      # time.perf_counter_ns() at submission (ModelStatistics' queue time)
 
 
 class Batcher:
@@ -52,12 +53,14 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.last_jobs = 0  # requests merged into the previous batch
         # Batches this small run on the event loop itself: handing a few-microsecond run to the
-        # worker thread and waking the loop afterwards costs more than the run (measured: ~15% less
-        # server CPU per LeNet request, p50 0.5 ms instead of 0.6 ms at concurrency 1).
+        # worker thread and waking the loop afterwards costs more than the run (both timed by
+        # benchmarks/batcher_inline.py; figures in the README).
         self.inline_images = int(INLINE_MS / max(getattr(graph, "batch1_ms", float("inf")), 1e-3))
         # The gauge's child is looked up once: ``labels()`` on every request costs a lock.
         self.gauge = metrics.queue_depth.labels(graph.triton_name) if metrics else None
         self.sizes = metrics.batch_size.labels(graph.triton_name) if metrics else None
+        self.queue_times = metrics.queue_time.labels(graph.triton_name) if metrics else None
+        self.stats = getattr(graph, "stats", None)  # serving/stats.py: what ModelStatistics reports
         self.dropped = {"deadline": 0, "cancelled": 0}  # jobs dropped before compute, by reason
         self.drop_counters = {r: metrics.dropped.labels(graph.triton_name, r) for r in self.dropped} if metrics else {}
 
@@ -78,7 +81,7 @@ class Batcher:
             raise ResourceExhausted(f"{self.graph.triton_name}: request queue is full ({self.max_queue} waiting); "
                                     "retry later")
         fut = asyncio.get_running_loop().create_future()
-        self.queue.append(Job(feeds, tuple(outputs), n, fut, deadline))
+        self.queue.append(Job(feeds, tuple(outputs), n, fut, deadline, time.perf_counter_ns()))
         self.wake.set()
         if self.gauge is not None:
             self.gauge.set(len(self.queue))
@@ -125,10 +128,12 @@ class Batcher:
             if not jobs:
                 continue
             self.last_jobs = len(jobs)
+            t_in = time.perf_counter_ns()
             outputs = list(dict.fromkeys(o for j in jobs for o in j.outputs))
             names = jobs[0].feeds.keys()
             feeds = jobs[0].feeds if len(jobs) == 1 else {k: np.concatenate([j.feeds[k] for j in jobs]) for k in names}
             n = sum(j.n for j in jobs)
+            t_run = time.perf_counter_ns()
             try:
                 if n <= self.inline_images:
                     results = self.graph.run_small(outputs, feeds)
@@ -140,11 +145,17 @@ class Batcher:
                     if not j.future.done():
                         j.future.set_exception(e)
                 continue
+            t_out = time.perf_counter_ns()
             if self.sizes is not None:
                 self.sizes.observe(n)
+                for j in jobs:
+                    self.queue_times.observe((t_in - j.queued_ns) / 1e9)
             by_name = dict(zip(outputs, results, strict=True))
             start = 0
             for j in jobs:
                 if not j.future.done():
                     j.future.set_result({o: by_name[o][start:start + j.n] for o in j.outputs})
                 start += j.n
+            if self.stats is not None:
+                self.stats.batch([t_in - j.queued_ns for j in jobs], n, t_run - t_in, t_out - t_run,
+                                 time.perf_counter_ns() - t_out)

@@ -61,6 +61,21 @@ D = ServerOptions()  # the defaults, defined once
               help="PEM certificate chain for TLS.")
 @click.option("--tls-key", default=D.tls_key, type=click.Path(exists=True, dir_okay=False),
               help="PEM private key for TLS.")
+@click.option("--model-control-mode", default=D.model_control_mode, type=click.Choice(["none", "poll", "explicit"]),
+              help="poll: new versions exported into the repository are loaded and served without a restart, "
+                   "deleted ones retired (every --repository-poll-secs); explicit: models load and unload only "
+                   "through the repository API (RepositoryModelLoad/Unload, POST /v2/repository/models/M/load), "
+                   "--load-model at start; none: what is there at start, for good.")
+@click.option("--repository-poll-secs", default=D.repository_poll_secs, type=click.FloatRange(0.05),
+              help="How often poll mode looks at the repository.")
+@click.option("--load-model", multiple=True, default=D.load_model,
+              help="explicit mode: a model to load at start (repeatable; '*' for every model).")
+@click.option("--version-policy", default=D.version_policy,
+              help="Which versions of every model to serve, over each model's config.pbtxt: latest:N, all, or "
+                   "specific:V[,V...] [default: the model's config.pbtxt, else latest:2].")
+@click.option("--cache-config", default=D.cache_config,
+              help="Response cache, as Triton's: local,size=BYTES (LRU within the budget); used for the models whose "
+                   "config.pbtxt has response_cache { enable: true } [default: no cache].")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               help="Log verbosity.")
 @click.option("--workers", default=1, type=click.IntRange(1),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ class ModelStatus:
     error: str
     graphs: list[str]
     provider: str
+    state: str = ""      # LOADING, READY, UNLOADING, UNAVAILABLE, FAILED
+    directory: str = ""  # the version's directory (a FAILED one may not be a number)
 
 
 @dataclass
@@ -95,13 +98,32 @@ def _images(images) -> pb.Images:
     return pb.Images(encoded=pb.EncodedImages(files=list(images)))
 
 
+# gRPC name-resolver schemes: such a target names several servers itself ("ipv4:10.0.0.2:8500,10.0.0.3:8500",
+# "dns:///glassbox-serve.ns.svc.cluster.local:8500"), so its commas are its own.
+RESOLVER = re.compile(r"(dns|ipv4|ipv6|unix|unix-abstract|xds):(?!\d+(,|$))")  # "dns:8500": host dns
+# One channel over every address the target resolves to, a call to each in turn; gRPC re-resolves a dns:
+# target when a connection closes (serve --max-connection-age-ms), so new pods are found.
+ROUND_ROBIN = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+
+
 def addresses(address: str | Sequence[str]) -> list[str]:
-    """``"h:p"``, ``"h:p1,h:p2"`` or a list of them -> the addresses, in order."""
+    """``"h:p"``, ``"h:p1,h:p2"`` or a list of them -> the addresses, in order. A resolver target (``dns:``,
+    ``ipv4:``, ...) is one address, commas and all."""
     parts = [address] if isinstance(address, str) else list(address)
-    found = [a.strip() for part in parts for a in part.split(",") if a.strip()]
+    found = [a.strip() for part in parts for a in ([part] if RESOLVER.match(part.strip()) else part.split(","))
+             if a.strip()]
     if not found:
         raise ValueError(f"no server address in {address!r}")
     return found
+
+
+def backends(address: str) -> list[str]:
+    """The servers one address names, where it lists them: ``"ipv4:a:p,b:p"`` -> ``["a:p", "b:p"]``
+    (``ipv6:`` likewise); a ``dns:`` name or a plain ``"h:p"`` is itself."""
+    scheme, _, rest = address.partition(":")
+    if scheme in ("ipv4", "ipv6") and RESOLVER.match(address):
+        return [a.strip() for a in rest.split(",") if a.strip()]
+    return [address]
 
 
 def wait_for_server(address: str | Sequence[str], timeout: float = 60.0) -> None:
@@ -109,7 +131,7 @@ def wait_for_server(address: str | Sequence[str], timeout: float = 60.0) -> None
     Several addresses (a list, or comma-separated): until every one does."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     deadline = time.monotonic() + timeout
-    several = addresses(address)
+    several = [b for a in addresses(address) for b in backends(a)]
     if len(several) > 1:
         for one in several:
             wait_for_server(one, max(0.0, deadline - time.monotonic()))
@@ -131,7 +153,10 @@ def wait_for_server(address: str | Sequence[str], timeout: float = 60.0) -> None
 
 class GlassboxClient:
     """The domain API. ``address``: ``"host:port"``, several comma-separated, or a list; ``channels``: connections
-    per address. Calls go to the ``len(addresses) * channels`` channels in turn (round-robin); thread-safe."""
+    per address. Calls go to the ``len(addresses) * channels`` channels in turn (round-robin); thread-safe.
+    A gRPC resolver target (``"dns:///name:8500"``, ``"ipv4:10.0.0.2:8500,10.0.0.3:8500"``) is one address
+    whose channel balances calls over every server it resolves to (gRPC's round_robin policy); a call refused
+    UNAVAILABLE (a server draining or gone) is retried on the next server."""
 
     def __init__(self, address: str | Sequence[str] = "127.0.0.1:8500", timeout: float = 60.0,
                  connect_timeout: float = 5.0, chunk: int = 256, max_message_mb: int = 64,
@@ -150,6 +175,7 @@ class GlassboxClient:
         for a in self.addresses:
             for k in range(channels):
                 extra = [("glassbox.client.channel", k)] if channels > 1 else []
+                extra += [ROUND_ROBIN] if RESOLVER.match(a) else []
                 if tls_ca is not None:  # a server started with --tls-cert/--tls-key; tls_ca: its PEM CA (or the cert)
                     creds = grpc.ssl_channel_credentials(tls_ca)
                     self.channels.append(grpc.secure_channel(a, creds, options=options + extra))
@@ -167,6 +193,8 @@ class GlassboxClient:
                                         f"no Glassbox server at {down} (waited {connect_timeout:.0f}s); start one with "
                                         f"'serve --repository exported --port {down.rsplit(':', 1)[-1]}'") from None
         self.stubs = [pb_grpc.GlassboxStub(ch) for ch in self.channels]
+        # Several servers: one that is shutting down refuses a call it never ran, so another may take it.
+        self._several = len(self.addresses) > 1 or any(RESOLVER.match(a) for a in self.addresses)
         self.channel, self.stub = self.channels[0], self.stubs[0]
         self._turn = itertools.count()  # next() on it is atomic under the GIL: threads may share the client
 
@@ -188,7 +216,8 @@ class GlassboxClient:
             except grpc.RpcError as e:
                 # UNAVAILABLE while loading or a transient reconnect is worth a short retry.
                 unavailable = e.code() == grpc.StatusCode.UNAVAILABLE
-                if unavailable and attempt < retries and "shutting down" not in (e.details() or ""):
+                elsewhere = self._several or "shutting down" not in (e.details() or "")
+                if unavailable and attempt < retries and elsewhere:
                     time.sleep(0.5 * (attempt + 1))
                     continue
                 cls = ServerUnavailable if unavailable else GlassboxError
@@ -223,7 +252,8 @@ class GlassboxClient:
 
     def list_models(self) -> list[ModelStatus]:
         r = self._call("ListModels", pb.ListModelsRequest())
-        return [ModelStatus(m.name, m.version, m.task, m.ready, m.error, list(m.graphs), m.provider) for m in r.models]
+        return [ModelStatus(m.name, m.version, m.task, m.ready, m.error, list(m.graphs), m.provider, m.state,
+                            m.directory) for m in r.models]
 
     def get_model(self, name: str, version: int | None = None) -> dict:
         r = self._call("GetModel", pb.GetModelRequest(name=name, version=version or 0))

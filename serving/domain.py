@@ -81,8 +81,9 @@ class GlassboxServicer(pb_grpc.GlassboxServicer):
     async def _list_models(self, request, repo, context):
         return pb.ListModelsResponse(models=[
             pb.ModelStatus(name=m.name, version=m.version, task=m.manifest.get("task", ""), ready=m.ready,
-                           error=m.error, graphs=list(m.graphs), provider=m.provider)
-            for m in repo.all()])
+                           error=m.error, graphs=list(m.graphs), provider=m.provider, state=m.state,
+                           directory=m.directory)
+            for m in sorted(repo.all(), key=lambda m: (m.name, m.version, m.directory))])
 
     async def _get_model(self, request, m, context):
         man = m.manifest

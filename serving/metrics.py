@@ -31,6 +31,32 @@ class Metrics:
                                "passed while queued) or cancelled (the client went away)", ["graph", "reason"],
                                registry=self.registry)
 
+        # The response cache (serve --cache-config): lookups answered, lookups computed, entries evicted to
+        # stay within the budget, and the bytes held.
+        self.cache_hits = Counter("glassbox_cache_hits", "Response cache lookups answered from the cache (or from "
+                                  "an identical request being computed)", registry=self.registry)
+        self.cache_misses = Counter("glassbox_cache_misses", "Response cache lookups computed", registry=self.registry)
+        self.cache_evictions = Counter("glassbox_cache_evictions", "Response cache entries evicted (least recently "
+                                       "used first) to stay within --cache-config size", registry=self.registry)
+        self.cache_bytes = Gauge("glassbox_cache_bytes", "Bytes held by the response cache", registry=self.registry,
+                                 multiprocess_mode="livesum")
+
+        # The live repository (serving/control.py): loads and unloads per model, version and result.
+        self.loads = Counter("glassbox_model_loads", "Model version loads, by result (ok, failed)",
+                             ["model", "version", "result"], registry=self.registry)
+        self.unloads = Counter("glassbox_model_unloads", "Model versions unloaded", ["model", "version"],
+                               registry=self.registry)
+        self.load_seconds = Histogram("glassbox_model_load_seconds", "Seconds to load a model version (checks, "
+                                      "sessions, warm-up)", ["model"], registry=self.registry,
+                                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+    def model_loaded(self, name: str, version: int, result: str, seconds: float) -> None:
+        self.loads.labels(name, str(version), result).inc()
+        self.load_seconds.labels(name).observe(seconds)
+
+    def model_unloaded(self, name: str, version: int) -> None:
+        self.unloads.labels(name, str(version)).inc()
+
     def serve_http(self, port: int, host: str = "127.0.0.1"):
         return start_http_server(port, addr=host, registry=self.registry)
 

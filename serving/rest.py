@@ -100,11 +100,16 @@ class RestServer:
         r.add_get("/v2", self.server_metadata)
         r.add_get("/v2/health/live", self.live)
         r.add_get("/v2/health/ready", self.ready)
+        r.add_post("/v2/repository/index", self.repository_index)
+        r.add_post("/v2/repository/models/{name}/load", self.repository_load)
+        r.add_post("/v2/repository/models/{name}/unload", self.repository_unload)
+        r.add_get("/v2/models/stats", self.statistics)
         for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             r.add_get(base, self.model_metadata)
             r.add_get(base + "/ready", self.model_ready)
             r.add_get(base + "/config", self.model_config)
             r.add_post(base + "/infer", self.infer)
+            r.add_get(base + "/stats", self.statistics)
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=grace)
         self.port, self.scheme = 0, "http"
 
@@ -177,6 +182,32 @@ class RestServer:
                                 lambda r: web.json_response(json_format.MessageToDict(
                                     r.config, preserving_proto_field_name=True)))
 
+    # The repository and statistics extensions (serving/v2_repository.py), as Triton's HTTP API has them.
+
+    async def repository_index(self, request):
+        body = await request.read()
+        try:
+            ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
+        except (ValueError, AttributeError):
+            return error(400, "the body must be a JSON object like {\"ready\": false}")
+        return await self._call(self.v2.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready),
+                                lambda r: web.json_response([{"name": m.name, "version": m.version, "state": m.state,
+                                                              "reason": m.reason} for m in r.models]))
+
+    async def repository_load(self, request):
+        return await self._call(self.v2.RepositoryModelLoad, pb.RepositoryModelLoadRequest(
+            model_name=request.match_info["name"]), lambda r: web.json_response({}))
+
+    async def repository_unload(self, request):
+        return await self._call(self.v2.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(
+            model_name=request.match_info["name"]), lambda r: web.json_response({}))
+
+    async def statistics(self, request):
+        name, version = request.match_info.get("name", ""), request.match_info.get("version", "")
+        return await self._call(self.v2.ModelStatistics, pb.ModelStatisticsRequest(name=name, version=version),
+                                lambda r: web.json_response(_numbers(json_format.MessageToDict(
+                                    r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))))
+
     async def model_ready(self, request):
         """200 when the model (version) is served; else the reason with its status: 404 unknown,
         503 loading or draining, 400 a model that failed to load or a bad version."""
@@ -208,6 +239,16 @@ class RestServer:
         size = sum(len(c) for c in reply.raw_output_contents)
         data, headers = await _maybe_offload(size, reply_body, reply, wanted, default)
         return web.Response(body=data, headers=headers)
+
+
+def _numbers(x, key: str = ""):
+    """Protobuf's JSON writes 64-bit integers as strings; Triton's HTTP statistics have numbers (but a string
+    version)."""
+    if isinstance(x, dict):
+        return {k: _numbers(v, k) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_numbers(v, key) for v in x]
+    return int(x) if isinstance(x, str) and x.isdigit() and key not in ("name", "version") else x
 
 
 async def _maybe_offload(size: int, fn, *args):

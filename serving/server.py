@@ -26,10 +26,13 @@ from glassbox.manifest import MAX_QUEUE_DELAY_US
 
 from ._generated.glassbox.v1 import glassbox_pb2, glassbox_pb2_grpc
 from ._generated.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from .cache import parse_cache_config
+from .control import MODES, ModelControl
 from .domain import GlassboxServicer
 from .errors import BadOption, PortUnavailable, RepositoryMissing
 from .handlers import add_service
 from .metrics import Metrics
+from .policy import parse_policy
 from .ports import check_port, in_use
 from .repository import Repository
 from .rest import RestServer
@@ -62,6 +65,11 @@ class ServerOptions:
     tls_key: str | None = None
     http_port: int = 0
     http_host: str = "127.0.0.1"
+    model_control_mode: str = "poll"
+    repository_poll_secs: float = 2.0
+    load_model: tuple[str, ...] = ()
+    version_policy: str | None = None
+    cache_config: str | None = None
 
     def check(self) -> None:
         """Raise a ``StartupError`` for settings no server can start with."""
@@ -70,6 +78,17 @@ class ServerOptions:
                                     "(run train-all or export first)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise BadOption("--tls-cert and --tls-key go together")
+        if self.model_control_mode not in MODES:
+            raise BadOption(f"--model-control-mode {self.model_control_mode!r}: one of {', '.join(MODES)}")
+        if self.load_model and self.model_control_mode != "explicit":
+            raise BadOption("--load-model needs --model-control-mode explicit (the other modes load every model)")
+        if self.version_policy is not None:
+            parse_policy(self.version_policy)
+        if self.cache_config is not None:
+            try:
+                parse_cache_config(self.cache_config)
+            except ValueError as e:  # the cache's own error names the flag
+                raise BadOption(str(e)) from None
 
 
 def server_version() -> str:
@@ -89,7 +108,14 @@ class Server:
         self.options, self.supervisor = options, supervisor
         self.metrics = Metrics()
         self.runtime = Runtime(self.metrics, max_batch=options.max_batch, max_delay_s=options.max_delay_us / 1e6,
-                               max_queue=options.max_queue)
+                               max_queue=options.max_queue, cache_config=options.cache_config)
+        policy = parse_policy(options.version_policy) if options.version_policy else None
+        self.control = ModelControl(
+            Repository(options.repository, policy=policy), self.runtime, mode=options.model_control_mode,
+            poll_secs=options.repository_poll_secs, load_models=options.load_model, metrics=self.metrics,
+            session_options={"device": options.device, "intra_op_threads": options.intra_op_threads,
+                             "inter_op_threads": options.inter_op_threads})
+        self.runtime.control = self.control
         self.runtime.held = supervisor is not None
         self.stopping = asyncio.Event()  # set by a signal, by ``request_stop`` or by the parent going away
         self.port: int | None = None     # the bound gRPC port (``--port 0`` picks one)
@@ -150,8 +176,9 @@ class Server:
         if self.supervisor is None or await self.supervisor.all_loaded(self.stopping):
             self.runtime.held = False
             await self._set_health(SERVING)
-            log.info("serving %d model versions on %s:%d", sum(m.ready for m in self.runtime.repo.all()),
-                     self.options.host, self.port)
+            log.info("serving %d model versions on %s:%d (model control: %s)",
+                     sum(m.ready for m in self.runtime.repo.all()), self.options.host, self.port,
+                     self.options.model_control_mode)
         return True
 
     def _listen(self) -> None:
@@ -195,21 +222,31 @@ class Server:
         log.info("KServe v2 REST on %s://%s:%d/v2", self.rest.scheme, o.http_host, self.rest.port)
 
     async def _load(self) -> bool:
-        """Load the repository off the event loop (health checks are answered meanwhile); False if stopped first."""
-        o = self.options
-        load = asyncio.get_running_loop().run_in_executor(None, lambda: Repository(
-            o.repository, device=o.device, intra_op_threads=o.intra_op_threads, inter_op_threads=o.inter_op_threads))
+        """The first load (sessions are built off the event loop: health checks are answered meanwhile), then the
+        repository polling of --model-control-mode poll; False if stopped first."""
+        if self.supervisor is not None:
+            self.control.broadcast = self.supervisor.control
+            self.supervisor.on_control = self.control.apply
+        load = asyncio.ensure_future(self.control.start())
         stopped = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if not load.done():  # stopped while loading: nothing was accepted, so nothing to answer
+            load.cancel()
             log.info("stopped while loading models")
             return False
-        repo = load.result()
-        self.runtime.attach(repo)
+        load.result()
+        repo = self.control.repo
+        if not repo.all() and not repo.names_on_disk():
+            if self.options.model_control_mode == "none":
+                raise RepositoryMissing(f"model repository {repo.root} holds no <model>/<version>/ directories")
+            log.warning("model repository %s holds no models yet: %s", repo.root,
+                        "polling it" if self.options.model_control_mode == "poll" else "load them through the API")
+        self.runtime.repo = repo
         for m in repo.all():
             log.info("%-20s v%-3d %-10s %s", m.name, m.version, m.manifest.get("task", "?"),
-                     f"ready on {m.provider}" if m.ready else f"NOT SERVED: {m.error}")
+                     f"ready on {m.provider}" if m.ready else f"NOT SERVED ({m.state}): {m.error}")
+        self.control.start_polling()
         return True
 
     async def wait(self) -> None:
@@ -229,6 +266,7 @@ class Server:
         await drain(self._grpc, self.runtime, grace, self._signalled, together=together)
         if rest_stopped:
             await rest_stopped
+        await self.control.close()
         await self.runtime.close()
         log.info("stopped")
 

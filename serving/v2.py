@@ -7,8 +7,11 @@ Values are not checked: NaN and Inf reach the model as they are, as with Triton 
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
+from . import v2_repository
 from ._generated.inference import grpc_service_pb2 as pb
 from ._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from ._generated.inference import model_config_pb2 as mc
@@ -24,6 +27,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.rt = runtime
         self.version = version
         self._cache: dict[tuple[str, str], tuple] = {}
+        self._generation = -1  # the repository's, when the cache was filled
 
     def _graph(self, name: str, version: str):
         repo = self.rt.repository()
@@ -58,7 +62,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         async def go():
             model, g = self._graph(request.name, request.version)
-            versions = [str(v) for v in sorted(self.rt.repository().models[model.name])]
+            versions = [str(v) for v in self.rt.repository().ready_versions(model.name)]
             return pb.ModelMetadataResponse(name=request.name, versions=versions, platform="onnxruntime_onnx",
                                             inputs=[_metadata(i) for i in g.inputs],
                                             outputs=[_metadata(o) for o in g.outputs])
@@ -77,14 +81,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=delay_us)))
         return await self.rt.handle("ModelConfig", request.name, context, go)
 
+    # The repository and statistics extensions (serving/v2_repository.py).
+
+    async def ModelStatistics(self, request, context):
+        return await self.rt.handle("ModelStatistics", request.name, context,
+                                    lambda: v2_repository.statistics(self.rt, request.name, request.version))
+
+    async def RepositoryIndex(self, request, context):
+        return await self.rt.handle("RepositoryIndex", "", context,
+                                    lambda: v2_repository.index(self.rt, request.ready))
+
+    async def RepositoryModelLoad(self, request, context):
+        return await self.rt.handle("RepositoryModelLoad", request.model_name, context,
+                                    lambda: v2_repository.load(self.rt, request.model_name))
+
+    async def RepositoryModelUnload(self, request, context):
+        return await self.rt.handle("RepositoryModelUnload", request.model_name, context,
+                                    lambda: v2_repository.unload(self.rt, request.model_name))
+
     def _resolve(self, name: str, version: str):
-        """(model, graph, spec) for a v2 name and version, cached: the repository never changes once
-        loaded, and this lookup sits on the hot path. Failures raise and are not cached."""
+        """(model, graph, spec) for a v2 name and version, held for this call (``Runtime.use``); cached until the
+        repository's generation moves (a version loaded or retired), as this lookup sits on the hot path.
+        Failures raise and are not cached."""
+        generation = self.rt.repository().generation
+        if generation != self._generation:
+            self._cache.clear()
+            self._generation = generation
         key = (name, version)
         hit = self._cache.get(key)
         if hit is None:
-            model, g = self._graph(name, version)
-            hit = self._cache[key] = (model, g, _Spec(g, model.version))
+            model, g = self._graph(name, version)  # held by Runtime.model
+            return self._cache.setdefault(key, (model, g, _Spec(g, model.version)))
+        self.rt.use(hit[0])
         return hit
 
     async def ModelInfer(self, request, context):
@@ -93,6 +121,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request, context):
         self.rt.repository()  # UNAVAILABLE while loading, whatever the name
         model, g, spec = self._resolve(request.model_name, request.model_version)
+        t0, ok = time.perf_counter_ns(), False
+        try:
+            reply = await self._run(request, context, model, g, spec)
+            ok = True
+            return reply
+        finally:
+            g.stats.request(time.perf_counter_ns() - t0, ok)
+
+    async def _run(self, request, context, model, g, spec):
         raw = request.raw_input_contents
         if raw and len(raw) != len(request.inputs):
             raise InvalidArgument(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -139,7 +176,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for x in names:
             if x not in spec.outputs:
                 raise InvalidArgument(f"unknown output {x!r}; outputs: {', '.join(g.output_names)}")
-        out = await self.rt.infer(model, g.name, feeds, names, context, n)
+        # The request's parameters are part of the response cache's key (sorted: a map's order is not fixed).
+        params = b";".join(k.encode() + b"=" + v.SerializeToString() for k, v in sorted(request.parameters.items()))
+        out = await self.rt.infer(model, g.name, feeds, names, context, n, params)
         arrays = [out[x] for x in names]
         return pb.ModelInferResponse(
             model_name=request.model_name, model_version=spec.version, id=request.id,

@@ -12,6 +12,8 @@ own onnxruntime sessions; the parent loads nothing and only supervises, over one
     parent -> worker   "serve"    every worker has loaded: health SERVING, on all of them
     worker -> parent   "closed"   draining, its gRPC takes no more calls; its held replies wait
     parent -> worker   "release"  every worker's gRPC has stopped (or exited): the replies go
+    worker -> parent   "control load|unload NAME"   a repository API call this worker took; the parent passes
+                                  it on to every other worker, which does the same (all converge on it)
     end of file                   the other side is gone (a worker whose parent died shuts down, drained)
 
 - Health: NOT_SERVING on every worker until all have loaded, and again on all once shutdown starts, so a
@@ -60,6 +62,7 @@ class ParentLink:
         self._writer = None
         self._go = asyncio.Event()
         self._release = asyncio.Event()
+        self.on_control = None  # ``ModelControl.apply``: a load or unload another worker took
 
     async def open(self, on_gone) -> None:
         """Start listening to the parent; ``on_gone()`` is called if it goes away."""
@@ -73,6 +76,9 @@ class ParentLink:
                     self._go.set()
                 elif line.strip() == b"release":
                     self._release.set()
+                elif line.startswith(b"control ") and self.on_control is not None:
+                    _, op, name = line.decode().split(maxsplit=2)
+                    asyncio.ensure_future(self.on_control(op, name.strip()))
         except OSError:
             pass
         self._release.set()  # nobody left to wait for
@@ -86,6 +92,10 @@ class ParentLink:
             return True
         except OSError:
             return False  # the parent is gone: _listen calls on_gone
+
+    async def control(self, op: str, name: str) -> None:
+        """A load or unload this worker took through the API: the parent tells every other worker."""
+        await self.say(f"control {op} {name}".encode())
 
     async def all_loaded(self, stop: asyncio.Event) -> bool:
         """Tell the parent this worker has loaded; wait until every worker has (True) or for ``stop`` (False)."""
@@ -218,6 +228,10 @@ class WorkerPool:
                 elif line.strip() == b"closed":
                     w.closed = True
                     self._release_if_all_closed()
+                elif line.startswith(b"control "):  # model control: every worker converges on it
+                    for x in self.workers:
+                        if x is not w:
+                            x.writer.write(line)
         except OSError:
             pass
         w.closed = True  # it has exited

@@ -31,6 +31,8 @@ class FakeGraph:
     def __init__(self, name, triton_name, inputs, outputs, max_batch_size=4):
         self.name, self.triton_name, self.inputs, self.outputs = name, triton_name, inputs, outputs
         self.max_batch_size = max_batch_size
+        from serving.stats import Stats
+        self.stats = Stats()
 
     @property
     def output_names(self):
@@ -67,6 +69,7 @@ class FakeRuntime:
         self.triton_names = {"net": ("net", "classifier"), "net.gradcam": ("net", "gradcam"),
                              "vae.decoder": ("vae", "decoder")}
         self.repo, self.draining, self.held = self, False, False
+        self.generation = 0  # the repository's: v2's lookup cache is kept while it stays
         self.options = {"max_delay_s": 0.25}
         self.handled = []  # (method, model name, context) of every handle() call
         self.contexts = []  # the context every infer() call got
@@ -79,6 +82,12 @@ class FakeRuntime:
             raise Unavailable("server is still loading models")
         return self
 
+    def use(self, model):
+        return model
+
+    def ready_versions(self, name):
+        return sorted(self.models[name])
+
     def model(self, name, version=0):
         versions = self.models[name]
         v = version or max(versions)
@@ -86,7 +95,7 @@ class FakeRuntime:
             raise NotFound(f"model {name!r} has no version {v}")
         return versions[v]
 
-    async def infer(self, model, graph, feeds, outputs, context, n=None):
+    async def infer(self, model, graph, feeds, outputs, context, n=None, parameters=b""):
         """Every output of the graph, counting up (the decoder repeats its latent): replies can be checked."""
         self.calls.append((model.name, model.version, graph, sorted(feeds), list(outputs), n))
         self.contexts.append(context)

@@ -376,9 +376,12 @@ def test_signal_under_load_loses_no_accepted_call(repository, sig):
 
 
 def test_missing_or_empty_repository_is_a_clear_error(tmp_path):
+    """A missing repository is an error in every mode, an empty one where nothing can ever be loaded into it
+    (--model-control-mode none; poll and explicit wait for exports, tests/serving/test_live_repository.py)."""
     for repo, words in ((tmp_path / "none", "does not exist"), (tmp_path, "holds no")):
         r = subprocess.run([sys.executable, "-m", "serving.cli", "--repository", str(repo), "--port", "0",
-                            "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
+                            "--metrics-port", "0", "--model-control-mode", "none"],
+                           capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -492,7 +495,7 @@ def test_client_splits_large_batches(client, repository, images):
 # that a queue forms behind a few calls whatever the machine's speed.
 SLOW_RUN = """
 import sys, time
-import serving.repository as r
+import serving.loader as r
 real_run, real_small = r.Graph.run, r.Graph.run_small
 def slow(real):
     def run(self, outputs, feeds):
