@@ -90,6 +90,9 @@ def test_poll_serves_a_new_version_and_retires_a_deleted_one(repo, x):
 
 
 def test_version_policy_loads_only_the_policys_versions(repo):
+    """export writes the model's config.pbtxt with the default policy; edited to latest 2 over 5 versions on disk,
+    only 4 and 5 load; --version-policy overrides it."""
+    assert "latest { num_versions: 2 }" in (repo / "lenet" / "config.pbtxt").read_text()
     for _ in range(4):
         publish(repo, "lenet", repo / "lenet" / "1")
     (repo / "lenet" / "config.pbtxt").write_text('name: "lenet"\nversion_policy: { latest { num_versions: 2 } }\n')

@@ -13,7 +13,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from glassbox.io import sha256
+from glassbox.io import atomic_write, sha256
 from glassbox.manifest import validate_manifest, versions
 
 
@@ -34,6 +34,16 @@ def staging(repository: Path, name: str):
                 model_dir.rmdir()
 
 
+# The model's own Triton config: the server reads its version policy (which versions it serves; serving/policy.py).
+# Written once, with the server's default; edit it to change the policy, later exports leave it as it is.
+MODEL_CONFIG = 'name: "{name}"\nversion_policy: {{ latest {{ num_versions: 2 }} }}\n'
+
+
+def write_model_config(model_dir: Path) -> None:
+    text = MODEL_CONFIG.format(name=model_dir.name)
+    atomic_write(model_dir / "config.pbtxt", lambda tmp: Path(tmp).write_text(text))
+
+
 def publish(tmp: Path, manifest: dict) -> tuple[int, Path]:
     """Hash the files, write the manifest, and rename ``tmp`` to the next free version number."""
     files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -46,6 +56,8 @@ def publish(tmp: Path, manifest: dict) -> tuple[int, Path]:
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             os.rename(tmp, model_dir / str(version))  # fails if another export took this number
+            if not (model_dir / "config.pbtxt").exists():
+                write_model_config(model_dir)
             return version, model_dir / str(version)
         except OSError:
             if not (model_dir / str(version)).exists():
