@@ -1,6 +1,12 @@
 """Serving throughput and latency: `serve` vs in-process onnxruntime, on this machine.
 
     .venv/bin/python benchmarks/serve_bench.py [--seconds 5] [--models lenet,inception] [--workers 1,2]
+    .venv/bin/python benchmarks/serve_bench.py --models resnet --cache          # + the response cache's points
+    .venv/bin/python benchmarks/serve_bench.py --repository DIR --models resnet,resnet-int8   # trained models
+
+Each Python-client row carries the server's own breakdown of its calls (benchmarks/serve_breakdown.py):
+queue wait, batch size reached, onnxruntime run per batch, request/response conversion, server CPU per call
+and the client's share of the CPU.
 
 Exports random-weight models into a temporary repository (weights do not change the compute),
 starts `serve` as a subprocess (once per ``--workers`` count: ``serve --workers N``, N processes sharing the
@@ -226,10 +232,9 @@ def loadgen(binary: Path, address: str, model: str, shape, concurrency: int,
 def noop_floor(binary: Path | None, seconds: float) -> None:
     """The grpc.aio stack's own ceiling here: a server that does nothing per call."""
     from serving._generated.inference import grpc_service_pb2 as pb
-
-    from conftest import free_port
     reply = pb.ModelInferResponse(model_name="lenet", outputs=[pb.ModelInferResponse.InferOutputTensor(
         name="logits", datatype="FP32", shape=[1, 10])], raw_output_contents=[bytes(40)]).SerializeToString()
+    from tests.helpers.server import free_port
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", NOOP, str(port), reply.hex()])
     address = f"127.0.0.1:{port}"
@@ -246,8 +251,9 @@ def noop_floor(binary: Path | None, seconds: float) -> None:
 
 
 def shape_of(repo: Path, name: str) -> list[int]:
-    """[-1, C, H, W] of the model's input, from its manifest."""
-    spec = json.loads((repo / name / "1" / "manifest.json").read_text())["preprocessing"]
+    """[-1, C, H, W] of the model's input, from its newest manifest."""
+    newest = max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    spec = json.loads((newest / "manifest.json").read_text())["preprocessing"]
     return [-1, spec["channels"], *spec["size"]]
 
 
@@ -266,19 +272,25 @@ def main():
     ap.add_argument("--no-perf-analyzer", action="store_true", help="skip Triton's perf_analyzer rows")
     ap.add_argument("--no-tritonclient", action="store_true", help="skip the tritonclient.aio row")
     ap.add_argument("--perf-data", default="zero,random", help="perf_analyzer --input-data modes to run")
+    ap.add_argument("--cache", action="store_true", help="also measure the response cache (hit vs miss p50 at c=1, "
+                    "all-miss c=32 with the cache on and off)")
+    ap.add_argument("--repository", default=None, help="serve this model repository (trained models, e.g. resnet and "
+                    "resnet-int8) instead of exporting random-weight ones")
     ap.add_argument("--export-only", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.export_only:  # the exporter checks Triton configs with tritonclient's protos: keep them out of this process
         export_models(Path(a.export_only), a.models.split(","))
         return
-    from conftest import start_server, stop_server  # the test suite's server launcher
+    from tests.helpers.server import start_server, stop_server  # the test suite's server launcher
     names = a.models.split(",")
     concurrencies = [int(c) for c in a.concurrency.split(",")]
     k = a.channels
     got = {}
     with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp)
-        subprocess.run([sys.executable, __file__, "--export-only", str(repo), "--models", a.models], check=True)
+        repo = Path(a.repository or tmp)
+        if not a.repository:
+            subprocess.run([sys.executable, __file__, "--export-only", str(repo), "--models", a.models], check=True)
+        print(f"load: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} (1, 5, 15 min) before measuring")
         binary = None if a.no_cpp else loadgen_binary()
         pa = None if a.no_perf_analyzer else perf_analyzer_tool()
         print(f"\nclients: batch-1 ModelInfer, {k} connections each (tritonclient.aio: 1); {os.cpu_count()} CPUs "
@@ -292,8 +304,8 @@ def main():
         if not a.no_ort:
             for name in names:
                 for b in (1, 32):
-                    got[name, "ort", b] = in_process(repo / name / "1" / "classifier.onnx", shape_of(repo, name), b,
-                                                     a.seconds)
+                    newest = max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+                    got[name, "ort", b] = in_process(newest / "classifier.onnx", shape_of(repo, name), b, a.seconds)
                     row(name, f"in-process ort batch {b}", got[name, "ort", b])
         for w in map(int, a.workers.split(",")):
             proc, address = start_server(repo, "--workers", str(w), *a.server_args.split())
@@ -304,6 +316,11 @@ def main():
                     measure(a, got, w, name, shape, address, concurrencies, binary, pa, proc.pid)
             finally:
                 stop_server(proc)
+        if a.cache:
+            from serve_breakdown import cache_points
+            for name in names:
+                got[name, "cache"] = cache_points(a, repo, name, shape_of(repo, name), row, start_server, stop_server)
+        print(f"load: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} (1, 5, 15 min) after measuring")
     if not a.no_floor:
         noop_floor(binary, a.seconds)
     report_targets(got)
@@ -314,11 +331,17 @@ def measure(a, got: dict, w: int, name: str, shape, address: str, concurrencies,
     The C++ client's rows add the CPU time per call of the server (all its processes) and of the client: on a
     shared machine the rate depends on what else runs, the CPU per call much less, and the two together
     bound the rate on C free cores: C / (server + client CPU per call)."""
+    from serve_breakdown import breakdown, client_cpu, statistics
     k = a.channels
     if not a.no_python:
         for c in concurrencies:
+            before, server_s, client_s = statistics(address, name), tree_cpu(server), client_cpu()
+            t0 = time.perf_counter()
             got[name, "grpc", w, c] = asyncio.run(drive(address, name, shape, c, a.seconds, k))
-            row(name, f"w={w} grpc.aio py c={c}", *got[name, "grpc", w, c])
+            calls = got[name, "grpc", w, c][0] * (time.perf_counter() - t0)
+            server_s, client_s = tree_cpu(server) - server_s, client_cpu() - client_s
+            row(name, f"w={w} grpc.aio py c={c}", *got[name, "grpc", w, c],
+                extra=breakdown(before, statistics(address, name), server_s, client_s, calls))
     if binary:
         for c in concurrencies:
             server_s, client_s = tree_cpu(server), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -359,7 +382,9 @@ def report_targets(got: dict) -> None:
                ("lenet c=32 >= 5000 images/s (perf_analyzer)", lambda: best("lenet", "pa-random", 32) >= 5000),
                ("lenet c=1 p50 <= 1 ms", lambda: best("lenet", "grpc", 1, 1, min) <= 1.0),
                ("inception c=32 >= 70% of in-process batch 32",
-                lambda: best("inception", "grpc", 32) >= 0.7 * got["inception", "ort", 32])]
+                lambda: best("inception", "grpc", 32) >= 0.7 * got["inception", "ort", 32]),
+               ("resnet c=32 >= 70% of in-process batch 32",
+                lambda: best("resnet", "grpc", 32) >= 0.7 * got["resnet", "ort", 32])]
     print()
     for what, check in targets:
         try:
