@@ -60,3 +60,15 @@ def server(repository):
     proc, address = start_server(repository)
     yield address
     stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def explain_repository(tmp_path_factory, trained_runs, fmnist_dir):
+    """exported/ with the briefly trained lenet carrying every explanation method, and lenet-randomized
+    (its re-initialised copy), each gated against pytorch-grad-cam and Captum on 64 test images."""
+    from training.export import export_checkpoint
+    from training.export.explain import METHODS
+    repo = tmp_path_factory.mktemp("explained")
+    export_checkpoint(trained_runs / "lenet" / "best.pt", repo, parity_images=64, data_dir=fmnist_dir,
+                      explain=list(METHODS), randomized=True)
+    return repo
