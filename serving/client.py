@@ -48,6 +48,8 @@ class ModelStatus:
     error: str
     graphs: list[str]
     provider: str
+    state: str = ""      # LOADING, READY, UNLOADING, UNAVAILABLE, FAILED
+    directory: str = ""  # the version's directory (a FAILED one may not be a number)
 
 
 @dataclass
@@ -250,7 +252,8 @@ class GlassboxClient:
 
     def list_models(self) -> list[ModelStatus]:
         r = self._call("ListModels", pb.ListModelsRequest())
-        return [ModelStatus(m.name, m.version, m.task, m.ready, m.error, list(m.graphs), m.provider) for m in r.models]
+        return [ModelStatus(m.name, m.version, m.task, m.ready, m.error, list(m.graphs), m.provider, m.state,
+                            m.directory) for m in r.models]
 
     def get_model(self, name: str, version: int | None = None) -> dict:
         r = self._call("GetModel", pb.GetModelRequest(name=name, version=version or 0))
