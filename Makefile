@@ -82,6 +82,8 @@ MMDEBSTRAP := mmdebstrap --variant=minbase --include=python3,python3-venv \
 	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
 	--customize-hook='rm -rf "$$1"/var/lib/apt/lists/* "$$1"/var/cache/apt/*' bookworm
+# The wheels are fetched on the host (its pip has the host's certificates); no venv needed to build the image.
+IMAGE_PIP  := $(if $(wildcard $(BIN)/pip),$(BIN)/pip,$(PY) -m pip)
 
 .PHONY: podman image image-test
 
@@ -93,7 +95,7 @@ podman:
 	  || { echo "make image: podman, mmdebstrap and runc are needed (as root); this machine has not got them"; exit 1; }
 	@mkdir -p $(IMAGE_DIR) && printf '[containers]\ndefault_ulimits = []\n' > $(IMAGE_DIR)/containers.conf
 
-image: setup podman
+image: podman
 	@start=$$(date +%s); set -e; \
 	if ! $(PODMAN) image exists $(IMAGE_BASE); then \
 	  echo "base: mmdebstrap bookworm -> $(IMAGE_BASE)"; \
@@ -101,10 +103,10 @@ image: setup podman
 	  $(PODMAN) import -q $(IMAGE_DIR)/rootfs.tar $(IMAGE_BASE) >/dev/null; rm -f $(IMAGE_DIR)/rootfs.tar; \
 	fi; \
 	rm -rf $(IMAGE_DIR)/context $(IMAGE_DIR)/src && mkdir -p $(IMAGE_DIR)/context/app $(IMAGE_DIR)/src; \
-	$(BIN)/pip download -q -d $(IMAGE_DIR)/wheels --only-binary=:all: -r deploy/requirements.txt; \
+	$(IMAGE_PIP) download -q -d $(IMAGE_DIR)/wheels --only-binary=:all: -r deploy/requirements.txt; \
 	cp -r $(IMAGE_DIR)/wheels deploy/requirements.txt $(IMAGE_DIR)/context/; \
 	tar -c --exclude=__pycache__ pyproject.toml README.md glassbox serving | tar -x -C $(IMAGE_DIR)/src; \
-	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(IMAGE_DIR)/context/app $(IMAGE_DIR)/src; \
+	$(IMAGE_PIP) wheel -q --no-deps -w $(IMAGE_DIR)/context/app $(IMAGE_DIR)/src; \
 	$(PODMAN) build -q --isolation chroot --build-arg BASE=$(IMAGE_BASE) -f deploy/Containerfile \
 	  -t $(IMAGE) $(IMAGE_DIR)/context >/dev/null; \
 	echo "$(IMAGE): built in $$(( $$(date +%s) - start )) s, $$($(PODMAN) image inspect --format '{{.Size}}' $(IMAGE) \

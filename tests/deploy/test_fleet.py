@@ -6,6 +6,7 @@ GlassboxClient (``ipv4:`` target, round_robin): the calls spread over all three;
 """
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
@@ -48,6 +49,8 @@ def test_one_client_spreads_calls_over_the_fleet_and_loses_none_in_a_rollout(fle
     assert load.by_outcome()["OK"] > 0.95 * len(load.outcomes), load.by_outcome()
     assert set(load.refused) <= {"UNAVAILABLE"}, load.refused
     assert rebalanced < 20, "the restarted server got no call"
+    queued = re.search(r'^glassbox_queue_seconds_count\{graph="lenet"\} (\S+)$', fleet.metrics(fleet.hosts[0]), re.M)
+    assert queued and float(queued[1]) > 0, "no queue time recorded (the HPA's metric)"
     for host in fleet.hosts:  # every server, the restarted one too, serves the new version
         with GlassboxClient(f"{host}:{fleet.port}", timeout=10) as c:
             deadline = time.monotonic() + 20

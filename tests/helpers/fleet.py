@@ -72,11 +72,13 @@ class Fleet:
             self.start(host)
         wait_for_server(self.target, timeout)  # every backend of the ipv4: list SERVING
 
+    def metrics(self, host: str) -> str:
+        return urllib.request.urlopen(f"http://{host}:{self.metrics_port}/metrics", timeout=2).read().decode()
+
     def count(self, host: str) -> int:
         """Calls ``host``'s running server has answered (its metrics); the last value read if it is down."""
         try:
-            text = urllib.request.urlopen(f"http://{host}:{self.metrics_port}/metrics", timeout=2).read().decode()
-            self.last[host] = int(float(m[1])) if (m := OK_CLASSIFY.search(text)) else 0
+            self.last[host] = int(float(m[1])) if (m := OK_CLASSIFY.search(self.metrics(host))) else 0
         except OSError:
             pass
         return self.last[host]
