@@ -27,9 +27,9 @@ from .common import batched, model_input, unit_images, write_json
 def default_jobs() -> int:
     """Threads for t-SNE and the scikit-learn metrics: half the cores, at least one.
 
-    Why not all of them: OpenMP threads that outnumber the free cores spin-wait. On a busy 2-core
-    machine openTSNE took 24 s for 500 points with 2 threads and 0.8 s with 1, scikit-learn's TSNE
-    44 s with its default threads and 1.0 s with one (measured once, 2026-11).
+    Why not all of them: OpenMP threads that outnumber the free cores spin-wait, and on a busy machine
+    t-SNE then runs many times slower than on one thread (``benchmarks/tsne_bench.py --threads 1 2``;
+    the figures are in the README).
     """
     return max(1, (os.cpu_count() or 2) // 2)
 
@@ -37,15 +37,8 @@ def default_jobs() -> int:
 def tsne(x: np.ndarray, seed: int = 0, jobs: int = 1) -> np.ndarray:
     """2-D t-SNE with openTSNE, gradients by Barnes-Hut below 10,000 points, FFT above ('auto').
 
-    Why openTSNE: measured once (2026-11), one thread, on PCA-50 of Fashion-MNIST test images, on a
-    shared 2-core machine under load (absolute times are pessimistic, the ranking is what counts):
-
-        points   openTSNE BH   openTSNE FFT   scikit-learn 1.x (BH)
-           500        0.6 s          4.3 s          1.0 s
-         2,000        4.1 s         10.2 s         12.1 s
-        10,000       33.2 s         30.5 s         57.2 s
-
-    openTSNE wins at every size; 'auto' picks the faster of its two methods for each size.
+    Why openTSNE: it was faster than scikit-learn's TSNE at every size measured, and 'auto' picks the
+    faster of its two gradient methods for each size (``benchmarks/tsne_bench.py``; figures in the README).
     """
     from openTSNE import TSNE
     from sklearn.decomposition import PCA
