@@ -77,8 +77,9 @@ def test_several_versions_newest_served_and_device_fallback(repository, tmp_path
     assert "Traceback" not in log  # the fall-back is a log line, not an error
     # --device cpu: CPU without asking onnxruntime for CUDA at all.
     # In a process of its own: serving's v2 stubs and tritonclient's (imported above) share protobuf names.
-    check = (f"from serving.loader import load_model, providers\n"
-             f"assert providers('cpu', {str(repo / 'lenet' / '2' / 'classifier.onnx')!r}) == ['CPUExecutionProvider']\n"
-             f"assert load_model({str(repo / 'lenet' / '2')!r}, device='cpu').provider == 'CPUExecutionProvider'\n")
+    v2_dir = str(repo / "lenet" / "2")
+    check = (f"from pathlib import Path\nfrom serving.loader import load_model, providers\n"
+             f"assert providers('cpu', Path({v2_dir!r}) / 'classifier.onnx') == ['CPUExecutionProvider']\n"
+             f"assert load_model(Path({v2_dir!r}), device='cpu').provider == 'CPUExecutionProvider'\n")
     r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,5 +1,5 @@
-"""The faces (reports 000 and 002): LFW crop and size, the faces studies in tiny versions through their
-own configs, the VAE's L1 loss, and ``analyze vae`` by person name against a real server.
+"""The faces (reports 000 and 002): LFW crop and size, the faces studies in tiny versions through
+``train-all --study``, the VAE's L1 loss, and ``analyze vae`` by person name against a real server.
 
     OMP_NUM_THREADS=1 .venv/bin/pytest tests/training/test_faces.py
 """
@@ -17,8 +17,11 @@ from glassbox.manifest import read_manifest
 from tests.helpers.data import write_lfw_folders
 from tests.helpers.files import strict_json
 from tests.helpers.server import start_server, stop_server
+from training.checkpoint import model_from_checkpoint
+from training.cli import train_all
 from training.config import ConfigError, find_config, load_profile, resolve_config
-from training.engine import fit
+from training.datasets import load_split, to_tensors
+from training.engine import evaluate, fit
 from training.models import create_model
 from training.tasks import vae_loss
 
@@ -75,13 +78,26 @@ def test_lfw_crop_and_size_from_folders_and_npz(tmp_path):
         load_dataset("lfw", data_dir=npz_dir, crop=200)  # wider than the npz's own crop
 
 
-def test_faces_studies_tiny_through_their_configs(faces_npz, tmp_path):
+def test_faces_studies_tiny_through_train_all(faces_npz, tmp_path):
+    """``train-all --study`` trains every variant of both faces studies; each run holds its variant's
+    reconstruction loss (report 002: bce, mse, l1), and its test loss is that loss of its best weights on
+    the test split, not another kind's. The shipped files keep the reports' settings."""
     for study, variants in (("faces-report000", ["cvae"]), ("faces-report002", ["bce", "mse", "l1"])):
-        configs, _, meta = load_profile(find_config(study=study), {"epochs": 1, "dataset.data_dir": str(faces_npz)})
-        assert [c["name"] for c in configs] == variants and meta["report"] == study[-3:]
-        for cfg in configs:
-            m = fit(cfg, tmp_path / study / cfg["name"], progress=False, log=quiet)
-            assert np.isfinite(m["test_loss"]) and m["epochs_run"] == 1
+        out = tmp_path / study
+        r = CliRunner().invoke(train_all, ["--study", study, "--out", str(out), "--data-dir", str(faces_npz),
+                                           "--set", "epochs=1", "--no-export", "--no-progress"])
+        assert r.exit_code == 0, r.output
+        summary, meta = strict_json(out / "summary.json"), strict_json(out / "study.json")
+        assert [row["run"] for row in summary["runs"]] == variants == meta["variants"] and meta["report"] == study[-3:]
+        for name in variants:
+            cfg = strict_json(out / name / "config.json")
+            assert cfg["dataset"]["name"] == "lfw" and cfg["epochs"] == 1
+            if study.endswith("002"):
+                assert cfg["loss"]["vae_recon"] == name
+            losses = scored_losses(out / name)
+            own = cfg["loss"]["vae_recon"]
+            assert strict_json(out / name / "metrics.json")["test_loss"] == pytest.approx(losses[own], rel=1e-5)
+            assert all(v != pytest.approx(losses[own], rel=1e-3) for k, v in losses.items() if k != own), losses
     c000 = load_profile(find_config(study="faces-report000"))[0][0]
     assert c000["model"]["args"] == {"latent_dim": 20, "kernel": 3} and c000["batch_size"] == 32
     assert c000["dataset"]["subset"] == 1000 and c000["dataset"]["size"] == 32 and c000["optimizer"]["name"] == "adam"
@@ -90,6 +106,16 @@ def test_faces_studies_tiny_through_their_configs(faces_npz, tmp_path):
     assert load_profile("faces")[0][0]["analysis"]["pair_names"]
     with pytest.raises(ConfigError, match="unknown analysis keys pairs"):
         resolve_config({"model": "cvae", "analysis": {"pairs": []}})
+
+
+def scored_losses(run) -> dict[str, float]:
+    """The run's best weights scored on its test split with each reconstruction loss (as the engine scores)."""
+    model, ckpt = model_from_checkpoint(run / "best.pt")
+    cfg = ckpt["config"]
+    x, y = to_tensors(load_split(cfg, "test"), {k: cfg["dataset"][k] for k in ("channels", "size", "mean", "std")},
+                      torch.device("cpu"))
+    return {kind: evaluate(model, x, y, {**cfg, "loss": {**cfg["loss"], "vae_recon": kind}}, prefix="test")["test_loss"]
+            for kind in ("bce", "mse", "l1")}
 
 
 def test_vae_l1_reconstruction_loss():
@@ -112,8 +138,18 @@ def test_vae_option_parsing(bad, says):
     assert r.exit_code == 2 and says in r.output, r.output
 
 
-def test_vae_by_person_name_on_a_server(faces_npz, tmp_path):
+def test_vae_by_person_name_on_a_server(faces_npz, tmp_path, monkeypatch):
+    """``analyze vae`` with named people: a misspelt name is one error with the close match; the figures
+    it lists are on disk (and only those); the interpolation strip between two named faces starts and
+    ends on those people's reconstructions (by the server's Reconstruct)."""
+    from analysis import plots
+    from analysis.common import dataset, unit_images
+    from serving.client import GlassboxClient
     from training.export import export_checkpoint
+    drawn = []  # (rows, row labels) of every rows figure analyze draws
+    real = plots.rows_figure
+    monkeypatch.setattr(plots, "rows_figure", lambda rows, labels, *a, **k: drawn.append((rows, labels))
+                        or real(rows, labels, *a, **k))
     cfg = resolve_config({"model": "cvae", "model_args": {"latent_dim": 4, "kernel": 3}, "epochs": 1,
                           "dataset": {"name": "lfw", "data_dir": str(faces_npz), "crop": 120, "size": 32},
                           "optimizer": {"name": "adam", "lr": 0.001, "weight_decay": 0.0},
@@ -142,8 +178,22 @@ def test_vae_by_person_name_on_a_server(faces_npz, tmp_path):
         assert v["figures"] == ["vae_reconstructions.png", "vae_interpolations.png", "vae_direction.png",
                                 "vae_samples.png"]
         assert "direction: 1 people" in r.output
-        # The HTML report's faces section (analyze report draws it from the same vae.run result).
+        figures = tmp_path / "out" / "faces"
+        assert sorted(f.name for f in figures.glob("*.png")) == sorted(v["figures"])
+        for name in v["figures"]:
+            with Image.open(figures / name) as im:
+                assert im.format == "PNG" and min(im.size) >= 100, (name, im.size)
         man = read_manifest(tmp_path / "repo" / "faces" / "1")
+        ds = dataset(man, None, "train", str(faces_npz))
+        (a, b), = v["pairs"]
+        assert a == np.flatnonzero(ds.labels == ds.classes.index("Dan_Brown"))[1]  # "dan brown:1": his second
+        assert b == np.flatnonzero(ds.labels == ds.classes.index("Carla_Diaz"))[0]
+        (strip, labels), = [(rows[0], labels) for rows, labels in drawn if "->" in labels[0]][-1:]
+        assert labels == ["Dan_Brown:1\n-> Carla_Diaz"] and len(strip) == 10
+        with GlassboxClient(address) as c:
+            ends = c.reconstruct("faces", unit_images(man, ds.images[[a, b]]))
+        np.testing.assert_allclose(strip[[0, -1]], ends, atol=1e-4)
+        # The HTML report's faces section (analyze report draws it from the same vae.run result).
         page = report.render({"faces": {"manifest": man, "vae": v}}, tmp_path / "out", address).read_text()
         html = page[page.index("<h3>Faces</h3>"):page.index('<figure><img alt="Samples from the prior"')]
         assert "Dan_Brown:1 to Carla_Diaz" in html and html.count("<img") == 2
