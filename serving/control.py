@@ -90,8 +90,9 @@ class ModelControl:
         self._check_allowed("loading models")
         if name not in self.repo.names_on_disk():
             raise NotFound(f"no model {name!r} in the repository {self.repo.root}")
-        self.unloaded.discard(name)
-        await self.sync(name)
+        async with self._lock(name):  # inside the lock: a racing unload runs wholly before or after
+            self.unloaded.discard(name)
+            await self._sync(name)
         if tell_others and self.broadcast:
             await self.broadcast("load", name)
         if not self.repo.ready_versions(name):
@@ -103,8 +104,8 @@ class ModelControl:
         self._check_allowed("unloading models")
         if name not in self.repo.models and name not in self.repo.names_on_disk():
             raise NotFound(f"unknown model {name!r}")
-        self.unloaded.add(name)
         async with self._lock(name):
+            self.unloaded.add(name)
             for m in list(self.repo.models.get(name, {}).values()):
                 if m.state == READY:
                     await self._retire(m, "unloaded")
@@ -122,24 +123,28 @@ class ModelControl:
 
     async def sync(self, name: str) -> None:
         async with self._lock(name):
-            if name in self.unloaded:
-                return
-            wanted, disk = self.repo.plan(name)
-            for version, path in wanted.items():
-                current = self.repo.models.get(name, {}).get(version)
-                if current is None or current.state in (UNAVAILABLE, FAILED):
-                    await self._load(name, version, path)
-            # Only now retire: "latest" always has a READY version while a new one loads.
-            for version, m in list(self.repo.models.get(name, {}).items()):
-                if version not in disk:
-                    if m.state == READY:
-                        await self._retire(m, "deleted from the repository")
-                    self.repo.forget(name, version)
-                elif version not in wanted and m.state == READY:
-                    await self._retire(m, f"outside the version policy ({self.repo.policy(name)})")
-            for version, path in disk.items():
-                if version not in wanted:
-                    self.repo.unavailable(name, version, path, f"outside the version policy ({self.repo.policy(name)})")
+            if name not in self.unloaded:
+                await self._sync(name)
+
+    async def _sync(self, name: str) -> None:
+        """Load what the policy wants and is not loaded, then retire what it no longer wants (under the lock)."""
+        wanted, disk = self.repo.plan(name)
+        for version, path in wanted.items():
+            current = self.repo.models.get(name, {}).get(version)
+            if current is None or current.state in (UNAVAILABLE, FAILED):
+                await self._load(name, version, path)
+        # Only now retire: "latest" always has a READY version while a new one loads.
+        outside = f"outside the version policy ({self.repo.policy(name)})"
+        for version, m in list(self.repo.models.get(name, {}).items()):
+            if version not in disk:
+                if m.state == READY:
+                    await self._retire(m, "deleted from the repository")
+                self.repo.forget(name, version)
+            elif version not in wanted and m.state == READY:
+                await self._retire(m, outside)
+        for version, path in disk.items():
+            if version not in wanted:
+                self.repo.unavailable(name, version, path, outside)
 
     async def _load(self, name: str, version: int, path) -> None:
         placeholder = Model(name, version, path, state=LOADING, directory=path.name, signature=signature(path))

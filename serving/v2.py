@@ -18,6 +18,8 @@ from ._generated.inference import model_config_pb2 as mc
 from .errors import InvalidArgument, NotFound, ServingError
 
 V2_TYPES = {"float32": "FP32", "int64": "INT64"}
+# perf_analyzer asks for server-side statistics only from a server that lists "statistics" here.
+EXTENSIONS = ["model_configuration", "model_repository", "statistics"]
 NP_TYPES = {"FP32": np.float32, "INT64": np.int64}
 CONFIG_TYPES = {"float32": mc.TYPE_FP32, "int64": mc.TYPE_INT64}
 
@@ -57,7 +59,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.rt.handle("ModelReady", request.name, context, go)
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="glassbox", version=self.version, extensions=["model_configuration"])
+        return pb.ServerMetadataResponse(name="glassbox", version=self.version, extensions=EXTENSIONS)
 
     async def ModelMetadata(self, request, context):
         async def go():

@@ -204,7 +204,8 @@ def test_v2_server_and_model_metadata_config_and_readiness():
     assert not call(s.ServerReady(None, None)).ready
     rt.repo = rt
     meta = call(s.ServerMetadata(None, None))
-    assert (meta.name, meta.version, list(meta.extensions)) == ("glassbox", "9.9", ["model_configuration"])
+    assert (meta.name, meta.version) == ("glassbox", "9.9")
+    assert list(meta.extensions) == ["model_configuration", "model_repository", "statistics"]
 
     assert call(s.ModelReady(spb.ModelReadyRequest(name="net.gradcam"), None)).ready
     assert not call(s.ModelReady(spb.ModelReadyRequest(name="net.gradcam", version="1"), None)).ready
