@@ -17,8 +17,10 @@ import jinja2
 
 from glassbox.io import atomic_write
 
-from . import accuracy, compare, embeddings, gradcam, vae
+from . import accuracy, compare, embeddings, explain, gradcam, vae
 from .common import dataset, manifest
+
+EXPLAIN_IMAGES = 100  # test images of the report's faithfulness table (analyze explain takes more)
 
 
 def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class: int, progress: bool,
@@ -38,6 +40,8 @@ def analyse_model(client, name: str, split: str, data_dir, out: Path, per_class:
     sections["embeddings"]["focus"] = focus
     if man["task"] == "classifier" and man["graphs"].get("gradcam"):
         sections["gradcam"] = gradcam.run(client, man, ds, "predicted", 2, d, sensitivity="0", progress=progress)
+    if man["task"] == "classifier" and len(explain.carried(man)) > 1:  # the methods side by side, and their checks
+        sections["explain"] = explain.run(client, man, ds, d, images=EXPLAIN_IMAGES)
     return sections
 
 
