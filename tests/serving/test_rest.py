@@ -7,6 +7,7 @@ No serving module is imported here: tritonclient's protos share names with servi
 import http.client
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from glassbox.data import load_dataset, preprocess
 from tests.helpers.server import SLOW_LOAD, free_port, start_server, stop_server
+from tests.helpers.tls import self_signed
 
 LIMIT_MB = 2  # --max-message-mb: the gRPC message limit and the HTTP body limit
 
@@ -258,3 +260,47 @@ def test_ready_is_503_while_loading_and_the_port_must_be_free(repository):
         assert stop_server(proc) == 0
     out = proc.stdout.read()
     assert "Traceback" not in out, out
+
+
+def test_rest_over_tls(repository, x, tmp_path):
+    """--tls-cert/--tls-key cover the REST port too: a client that trusts the certificate gets v2 infer
+    replies (onnxruntime's logits); one that does not trust it, and plain HTTP on that port, get none."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "--repository", str(repository),
+                             "--port", str(free_port()), "--http-port", str(port), "--metrics-port", "0",
+                             "--log-level", "WARNING", "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trusted = ssl.create_default_context(cafile=str(cert))
+
+    def https(method, path, body=None, context=trusted):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the TLS server did not get ready"
+            try:
+                if https("GET", "/v2/health/ready")[0] == 200:
+                    break
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.2)
+        body = json.dumps({"inputs": [lenet_input(x[:2].shape, data=x[:2].ravel().tolist())],
+                           "outputs": [{"name": "logits"}]})
+        status, data = https("POST", "/v2/models/lenet/infer", body)
+        assert status == 200, data
+        (out,) = json.loads(data)["outputs"]
+        want = ort_run(repository, "lenet", "classifier", {"input": x[:2]})["logits"]
+        np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), want, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            https("GET", "/v2/health/ready", context=ssl.create_default_context())  # the system's CAs only
+        with pytest.raises((OSError, http.client.HTTPException)):
+            request(port, "GET", "/v2/health/ready")  # plain HTTP on the TLS port
+    finally:
+        assert stop_server(proc) == 0
