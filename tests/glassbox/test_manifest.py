@@ -202,6 +202,32 @@ def test_an_unknown_graph_is_reported_once_not_checked():
     assert broken(edit) == ["graphs: ['classifier', 'extra', 'gradcam'], want ['classifier', 'gradcam']"]
 
 
+def with_explanations(m: dict, methods=("gradcampp", "saliency", "ig", "smoothgrad")) -> dict:
+    for g in methods:
+        noise = [t("noise", [-1, 4, 1, 8, 8])] if g == "smoothgrad" else []
+        m["graphs"][g] = {"file": f"{g}.onnx", "triton_name": f"net.{g}",
+                          "inputs": [t("input", [-1, 1, 8, 8]), t("target", [-1], "int64"), *noise],
+                          "outputs": [t("map", [-1, 8, 8]), t("logits", [-1, 3])]}
+        m["files"].update({f"{g}.onnx": "0" * 64, f"{g}.config.pbtxt": "0" * 64})
+        m["parity"][g] = {}
+    return m
+
+
+def test_explanation_graphs_are_optional_and_checked():
+    assert validate_manifest(with_explanations(classifier())) == []
+    assert validate_manifest(with_explanations(classifier(cam=False), ("saliency", "ig", "smoothgrad"))) == []
+    # Grad-CAM++ needs the CAM layer, like Grad-CAM; a VAE carries none of them.
+    assert validate_manifest(with_explanations(classifier(cam=False), ("gradcampp",))) == [
+        "graphs: ['classifier', 'gradcampp'], want ['classifier']"]
+    assert validate_manifest(with_explanations(vae(), ("saliency",)))[0] == (
+        "graphs: ['decoder', 'encoder', 'saliency'], want ['decoder', 'encoder']")
+    m = with_explanations(classifier())
+    m["graphs"]["smoothgrad"]["inputs"].pop()  # no noise input
+    m["graphs"]["ig"]["outputs"][0]["name"] = "cam"
+    assert validate_manifest(m) == ["graphs.ig.outputs: ['cam', 'logits'], want ['map', 'logits'] first",
+                                    "graphs.smoothgrad.inputs: ['input', 'target'], want ['input', 'target', 'noise']"]
+
+
 # --- files ----------------------------------------------------------------------------------------
 
 def publish(d, manifest=None, files=None):
