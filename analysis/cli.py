@@ -60,17 +60,21 @@ def _require_classifier(man: dict, command: str) -> None:
                                    + (" (try 'analyze vae')" if man["task"] == "vae" else ""))
 
 
-class _Group(click.Group):
+class _Command(click.Command):
     """The one place where the analysis library's errors become click's: one line and exit 1, or the
-    usage error of the option named (exit 2)."""
+    command's usage error naming the option (exit 2)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except BadOption as e:
-            raise click.BadParameter(str(e), param_hint=e.option) from None
+            raise click.BadParameter(str(e), ctx=ctx, param_hint=e.option) from None
         except AnalysisError as e:
             raise click.ClickException(str(e)) from None
+
+
+class _Group(click.Group):
+    command_class = _Command  # every ``@cli.command``
 
 
 @click.group(cls=_Group, context_settings=CTX)

@@ -47,3 +47,4 @@ def test_the_cli_turns_them_into_one_line_and_an_exit_code(tmp_path, args, code,
     r = CliRunner().invoke(cli, [a.format(tmp=tmp_path) for a in args])
     assert (r.exit_code, r.output.strip().splitlines()[-1]) == (code, line.format(tmp=tmp_path)), r.output
     assert "Traceback" not in r.output and not isinstance(r.exception, AnalysisError)
+    assert (f"Usage: cli {args[0]} " in r.output) == (code == 2), r.output  # a bad option shows its command's usage
