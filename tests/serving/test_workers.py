@@ -1,7 +1,11 @@
 """``serve --workers N``: worker processes sharing one port under a supervising parent (serving/workers.py),
 and the client that spreads its calls over several connections."""
+import collections
+import json
 import os
 import signal
+import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +55,27 @@ def environ(pid: int) -> dict[str, str]:
 
 def metric(text, name):
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def answered_by(folder: Path, pid: int) -> dict[tuple[str, str], float]:
+    """{(method, model): calls answered OK} as worker ``pid`` counted them in its own metrics file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+    path = folder / f"counter_{pid}.db"
+    if not path.is_file():
+        return {}
+    return {(s.labels["method"], s.labels["model"]): s.value
+            for m in MultiProcessCollector.merge([str(path)], accumulate=False)
+            for s in m.samples if s.name == "glassbox_requests_total" and s.labels.get("status") == "OK"}
+
+
+def rest_infer(http_port: int, model: str) -> None:
+    """One v2 REST infer of a blank image, on a new connection (urllib opens one per request)."""
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                   "data": [0.0] * 784}]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/{model}/infer", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read())["outputs"]
 
 
 def test_client_addresses():
@@ -106,6 +131,14 @@ def test_two_workers_serve_one_port_count_together_and_drain(repository):
         for _ in range(6):
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=5) as r:
                 assert r.status == 200
+        # Calls reach both workers, over gRPC (Classify of lenet, above) and REST (v2 infer of mlp, one
+        # connection each): each worker's own metrics file counts some of each.
+        for _ in range(24):
+            rest_infer(http_port, "mlp")
+        for pid in workers:
+            mine = answered_by(folder, pid)
+            assert mine.get(("Classify", "lenet"), 0) > 0 and mine.get(("ModelInfer", "mlp"), 0) > 0, (pid, mine)
+        assert sum(answered_by(folder, pid).get(("ModelInfer", "mlp"), 0) for pid in workers) == 24
         signal_under_load(proc, address)
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
         assert not folder.exists(), "the metrics folder is removed at exit"
@@ -114,22 +147,86 @@ def test_two_workers_serve_one_port_count_together_and_drain(repository):
             stop_server(proc)
 
 
-def test_a_crashed_worker_stops_the_server(repository):
-    """kill -9 of one worker: the parent says which and how, drains the other, exits non-zero."""
-    proc, address = start_server(repository, "--workers", "2")
+# Put on PYTHONPATH as sitecustomize.py, it makes lenet's classifier a slow model in every process of a server:
+# each run takes half a second, the load's timing runs included (so the batcher runs it off the event loop,
+# as it would a model measured slow). Calls stay in flight long enough that a worker killed under load holds
+# some and its sibling others.
+SLOW_RUNS = """
+import time
+import onnxruntime
+_run = onnxruntime.InferenceSession.run
+def run(self, *args, **kwargs):
+    if str(getattr(self, "_model_path", "")).endswith("lenet/1/classifier.onnx"):
+        time.sleep(0.5)
+    return _run(self, *args, **kwargs)
+onnxruntime.InferenceSession.run = run
+"""
+
+
+def closed_loop(address: str, clients: int, calls: list, lock) -> list[threading.Thread]:
+    """``clients`` threads, each on its own connection, send v2 ModelInfer calls of one image to lenet until
+    one fails; each call is recorded as (sent, answered, status name)."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as tpb  # our v2 stubs and tritonclient's share names: raw bytes
+    request = tpb.ModelInferRequest(model_name="lenet", inputs=[tpb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 1, 28, 28])], raw_input_contents=[bytes(784 * 4)]).SerializeToString()
+
+    def client(k):
+        options = [("grpc.use_local_subchannel_pool", 1), ("test.client", k)]  # a connection of its own
+        with grpc.insecure_channel(address, options=options) as ch:
+            infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+            while True:
+                t0 = time.monotonic()
+                try:
+                    status = "OK" if len(infer(request, timeout=30)) > 40 else "SHORT REPLY"
+                except grpc.RpcError as e:
+                    status = e.code().name
+                with lock:
+                    calls.append((t0, time.monotonic(), status))
+                if status != "OK":
+                    return
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for th in threads:
+        th.start()
+    return threads
+
+
+def test_a_worker_killed_under_load_its_sibling_answers_what_it_holds(repository, tmp_path):
+    """kill -9 of one worker while 16 clients keep calls in flight on both (every run of lenet takes 0.5 s):
+    the victim's calls fail UNAVAILABLE at once (its connections are gone); the parent says which worker
+    died and how, and stops the sibling with SIGTERM, so the sibling goes on answering the calls it holds
+    (some answered well after the kill) before it exits; no call hangs or ends any other way (CANCELLED:
+    a held call dropped); the server exits 1."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_RUNS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc, address = start_server(repository, "--workers", "2", "--grace", "10", env=env)
     try:
         workers = children(proc.pid)
         assert len(workers) == 2, workers
-        with GlassboxClient(address) as c:
-            assert c.get_model("lenet")["labels"][0] == "T-shirt/top"
+        calls, lock = [], threading.Lock()
+        threads = closed_loop(address, 16, calls, lock)
+        time.sleep(3)
         victim, other = workers
-        os.kill(victim, signal.SIGKILL)
-        code = proc.wait(timeout=30)
+        with lock:  # no call is recorded meanwhile: every call sent before `at` is in `calls` or in flight
+            at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+        code = proc.wait(timeout=40)
+        for th in threads:
+            th.join(timeout=30)
+            assert not th.is_alive(), "a call hung"
         out = proc.stdout.read()
-        assert code == 1, (code, out)
-        assert f"(pid {victim}) was killed by SIGKILL unexpectedly; stopping the other workers" in out, out
-        assert not Path(f"/proc/{other}").exists() and "Traceback" not in out, out
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    in_flight = collections.Counter(s for t0, t1, s in calls if t0 < at < t1)
+    every = collections.Counter(s for *_, s in calls)
+    print(f"\nkill -9 of a worker under load: in flight {dict(in_flight)}, all {dict(every)}")
+    assert set(every) <= {"OK", "UNAVAILABLE"}, every
+    assert sum(in_flight.values()) >= 8, "the load was not running at the kill"
+    assert in_flight["UNAVAILABLE"] >= 1, "the victim held calls, and they were lost"
+    late = [t1 - at for t0, t1, s in calls if t0 < at and s == "OK" and t1 - at > 0.3]
+    assert late, "the sibling answered the calls it held (a sibling killed at once answers none late)"
+    assert code == 1, (code, out)
+    assert f"(pid {victim}) was killed by SIGKILL unexpectedly; stopping the other workers" in out, out
+    assert not Path(f"/proc/{other}").exists() and "Traceback" not in out, out
