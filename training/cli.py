@@ -178,7 +178,7 @@ def train(**o):
         out = Path(o["out"] or Path("runs") / cfg["name"])
         metrics = fit(cfg, out, resume=o["resume"], progress=not o["no_progress"])
         if o["do_export"] and _main_only():
-            metrics.update(_export(out, o["repository"], cfg["dataset"]["data_dir"]))
+            metrics.update(_export(out, o["repository"], cfg["dataset"]["data_dir"], cfg.get("quantize")))
         # Leave together: a rank that tears gloo down while rank 0 still exports can abort in
         # gloo's threads ("terminate called without an active exception").
         barrier(from_env())
@@ -264,7 +264,7 @@ def train_all(profile, config, study, overrides, out, only, data_dir, time_budge
             # What the run took (earlier sessions included), the same figure on every rank.
             used += float(m.get("budget_used_s") or m.get("wall_seconds") or (time.perf_counter() - t_run))
             if do_export and cfg.get("export", True) and main:
-                m.update(_export(run_dir, repository, cfg["dataset"].get("data_dir")))
+                m.update(_export(run_dir, repository, cfg["dataset"].get("data_dir"), cfg.get("quantize")))
             barrier(from_env())
         except _errors() as e:
             _fail(f"{cfg['name']}: {e}")

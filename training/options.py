@@ -127,6 +127,9 @@ OPTIONS: tuple[Option, ...] = (
            type=int),
     Option("early_stopping.min_delta", 0.0, "Early stopping: the least change that counts as an improvement."),
     Option("export", True, "train-all exports the run (false: it does not)."),
+    Option("quantize", "none", "int8: the export also publishes <name>-int8 if it passes the INT8 gates "
+           "(training/export/quantize.py); a refused variant is a warning, not a failed run.",
+           choices=("none", "int8")),
     Option("time_budget", None, "Wall-time budget, e.g. 90s, 5m, 1h or seconds: the lr schedule runs on the "
            "fraction of it used and training stops when the next epoch would not fit.", "--time-budget", type=str,
            metavar="DURATION"),

@@ -96,3 +96,20 @@ def test_published_variant_is_served_by_both_apis(lenet_repo, fmnist_dir):
         assert not np.allclose(logits, c.classify("lenet", x, return_logits=True).logits, rtol=0, atol=1e-7)
     finally:
         stop_server(proc)
+
+
+def test_profile_key_quantize(trained_runs, tmp_path, fmnist_dir, monkeypatch):
+    """train / train-all's export with config key quantize = "int8": a published variant or a refusal noted."""
+    from training.cli import _export
+    from training.config import ConfigError, resolve_config
+    assert resolve_config({"model": "lenet", "quantize": "int8"})["quantize"] == "int8"
+    with pytest.raises(ConfigError, match="quantize"):
+        resolve_config({"model": "lenet", "quantize": "int4"})
+    monkeypatch.setitem(export_int8.__kwdefaults__, "test_limit", 1000)
+    monkeypatch.setitem(export_int8.__kwdefaults__, "gates", OPEN)
+    out = _export(trained_runs / "lenet", str(tmp_path / "a"), str(fmnist_dir), "int8")
+    assert out["int8"] == "lenet-int8/1" and read_manifest(tmp_path / "a" / "lenet-int8" / "1")["quantization"]
+    monkeypatch.setitem(export_int8.__kwdefaults__, "gates", Gates(min_speedup=1e9))
+    out = _export(trained_runs / "lenet", str(tmp_path / "b"), str(fmnist_dir), "int8")
+    assert out["int8"] == "refused" and not (tmp_path / "b" / "lenet-int8").exists()
+    assert "int8" not in _export(trained_runs / "lenet", str(tmp_path / "c"), str(fmnist_dir), "none")

@@ -18,7 +18,7 @@ The gates, measured on this machine at export, all three recorded in the manifes
 
 - accuracy: top-1 on the official test split drops at most ``max_drop`` points from the FP32 graph's;
 - speed: batch-32 latency at least ``min_speedup`` times lower than FP32's, both sessions in this
-  process, timed in alternation so load from other processes falls on both;
+  process, timed in alternation (the fastest of 40 runs each);
 - explanations: the mean IoU of the top-10% pixels of the served Grad-CAM against FP32's (each on its
   own model's predicted class) is at least ``min_iou`` on ``cam_images`` test images.
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -108,8 +107,10 @@ def _logits(sess: ort.InferenceSession, x: np.ndarray, batch: int = 256) -> np.n
 
 
 def batch_latency_ms(fp32: ort.InferenceSession, int8: ort.InferenceSession, x: np.ndarray,
-                     rounds: int = 20) -> tuple[float, float]:
-    """Median batch latency of each session, run in alternation (after a warm-up of both)."""
+                     rounds: int = 40) -> tuple[float, float]:
+    """Fastest batch latency of each session, run in alternation after a warm-up of both. On a shared
+    machine other processes only ever add time (a median taken under load swung the lenet ratio from
+    below 0.5x to above 1.5x between runs), so the fastest run is the one closest to the graph's own cost."""
     feeds = {"input": x}
     times: dict[int, list[float]] = {0: [], 1: []}
     for r in range(rounds + 3):
@@ -118,7 +119,7 @@ def batch_latency_ms(fp32: ort.InferenceSession, int8: ort.InferenceSession, x: 
             sess.run(["logits"], feeds)
             if r >= 3:
                 times[k].append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return min(times[0]), min(times[1])
 
 
 def top_iou(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
