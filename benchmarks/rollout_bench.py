@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FMNIST = "/usr/share/datasets/fashion-mnist"
+
+from tests.helpers.repository import publish  # noqa: E402 - after the path is set
 
 
 def build_repository(root: Path, data_dir: str) -> Path:
@@ -68,15 +68,9 @@ def build_repository(root: Path, data_dir: str) -> Path:
     return root / "lenet" / "1"
 
 
-def publish(model_dir: Path, source: Path) -> tuple[int, float, float]:
-    """The next version, built in a hidden directory and renamed into place; returns it and the rename's times."""
-    version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) + 1
-    tmp = model_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(source, tmp)
-    manifest = json.loads((tmp / "manifest.json").read_text())
-    manifest["version"] = version
-    (tmp / "manifest.json").write_text(json.dumps(manifest))
-    os.rename(tmp, model_dir / str(version))
+def publish_timed(model_dir: Path, source: Path) -> tuple[int, float, float]:
+    """Publish the next version (tests/helpers/repository.py); returns it and the rename's times."""
+    version = publish(model_dir, source)
     return version, time.monotonic(), time.time()
 
 
@@ -204,7 +198,7 @@ def drive(args, source, model_dir, address, workers, log_path) -> dict:
     for at, what in sorted(plan):
         time.sleep(max(0.0, start + at - time.monotonic()))
         if what == "publish":
-            v, t, wall = publish(model_dir, source)
+            v, t, wall = publish_timed(model_dir, source)
             events.append(("publish", t, wall, v))
         else:
             shutil.rmtree(model_dir / "1")  # retired already; first, so that latest:2 never loads it back

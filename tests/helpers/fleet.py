@@ -9,23 +9,20 @@ benchmarks/fleet_bench.py.
 from __future__ import annotations
 
 import collections
-import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from serving.client import GlassboxClient, GlassboxError, wait_for_server
+from tests.helpers.repository import publish
 from tests.helpers.server import free_port
 
 SERVE = Path(sys.executable).with_name("serve")  # the console script, as a pod runs it
@@ -33,17 +30,10 @@ OK_CLASSIFY = re.compile(r'^glassbox_requests_total\{method="Classify",model="le
 
 
 def roll_out(repository: Path, name: str) -> int:
-    """The rollout: publish the next version of ``name`` (a copy of the newest) as export does, in a hidden
-    folder renamed into place; servers in poll mode load it and retire the old one. Returns the version."""
+    """The rollout: publish the next version of ``name`` (a copy of the newest) as export does; servers in poll
+    mode load it and retire the old one. Returns the version."""
     folder = repository / name
-    newest = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-    tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(folder / str(newest), tmp)
-    manifest = json.loads((tmp / "manifest.json").read_text())
-    manifest["version"] = newest + 1
-    (tmp / "manifest.json").write_text(json.dumps(manifest))
-    os.rename(tmp, folder / str(newest + 1))
-    return newest + 1
+    return publish(folder, folder / str(max(int(p.name) for p in folder.iterdir() if p.name.isdigit())))
 
 
 class Fleet:

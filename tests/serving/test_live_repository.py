@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import grpc
@@ -23,24 +22,10 @@ import pytest
 from glassbox.data import load_dataset, preprocess
 from glassbox.io import sha256
 from serving.client import GlassboxClient
+from tests.helpers.repository import publish
 from tests.helpers.server import free_port, start_server, stop_server
 
 POLL = ("--repository-poll-secs", "0.2")
-
-
-def publish(repo: Path, name: str, source: Path, edit=None) -> int:
-    """What export does: build the next version in a hidden directory, then one rename. ``edit(tmp)`` spoils it."""
-    model_dir = repo / name
-    version = max([int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] or [0]) + 1
-    tmp = model_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(source, tmp)
-    manifest = json.loads((tmp / "manifest.json").read_text())
-    manifest["version"] = version
-    (tmp / "manifest.json").write_text(json.dumps(manifest))
-    if edit:
-        edit(tmp)
-    os.rename(tmp, model_dir / str(version))
-    return version
 
 
 def states(address) -> dict[tuple[str, str], str]:
@@ -76,7 +61,7 @@ def test_poll_serves_a_new_version_and_retires_a_deleted_one(repo, x):
     try:
         with GlassboxClient(address, timeout=10) as c:
             assert c.get_model("lenet")["version"] == 1
-            v = publish(repo, "lenet", repo / "lenet" / "1")
+            v = publish(repo / "lenet", repo / "lenet" / "1")
             wait_for(lambda: c.get_model("lenet")["version"] == v, what="serving the new version")
             assert c.get_model("lenet", 1)["version"] == 1  # latest:2 keeps the one before
             c.classify("lenet", x)
@@ -94,7 +79,7 @@ def test_version_policy_loads_only_the_policys_versions(repo):
     only 4 and 5 load; --version-policy overrides it."""
     assert "latest { num_versions: 2 }" in (repo / "lenet" / "config.pbtxt").read_text()
     for _ in range(4):
-        publish(repo, "lenet", repo / "lenet" / "1")
+        publish(repo / "lenet", repo / "lenet" / "1")
     (repo / "lenet" / "config.pbtxt").write_text('name: "lenet"\nversion_policy: { latest { num_versions: 2 } }\n')
     proc, address = start_server(repo, "--model-control-mode", "none")
     try:
@@ -153,7 +138,7 @@ def test_a_bad_new_version_fails_alone(repo, x, spoil, reason):
             shutil.copytree(repo / "lenet" / "1", repo / "lenet" / "latest-copy")
             key = ("lenet", "latest-copy")
         else:
-            key = ("lenet", str(publish(repo, "lenet", repo / "lenet" / "1", spoil)))
+            key = ("lenet", str(publish(repo / "lenet", repo / "lenet" / "1", spoil)))
         wait_for(lambda: states(address).get(key) == "FAILED", what="the bad version FAILED")
         with GlassboxClient(address, timeout=10) as c:
             failed = next(m for m in c.list_models() if (m.name, m.directory) == key)
@@ -257,7 +242,7 @@ def test_a_call_in_flight_on_a_retiring_version_completes(repo, x):
             req = pb.ClassifyRequest(name="lenet", version=1, images=_images(x[:1]), top_k=1)
             calls = [stub.Classify.future(req, timeout=60) for _ in range(8)]  # ~2.4 s of work on version 1
             time.sleep(0.3)
-            publish(repo, "lenet", repo / "lenet" / "1")
+            publish(repo / "lenet", repo / "lenet" / "1")
             results = [c.result() for c in calls]  # any error (FAILED_PRECONDITION: retired) raises here
             assert [len(r.predictions) for r in results] == [1] * 8
             wait_for(lambda: states(address).get(("lenet", "1")) == "UNAVAILABLE", what="version 1 retired")
@@ -291,7 +276,7 @@ def test_workers_and_a_fleet_converge(repo, x):
     del port
     servers = [start_server(repo, "--repository-poll-secs", "0.5") for _ in range(2)]
     try:
-        v = publish(repo, "lenet", repo / "lenet" / "1")
+        v = publish(repo / "lenet", repo / "lenet" / "1")
         t0 = time.monotonic()
         times = []
         for _, address in servers:
@@ -332,7 +317,7 @@ def test_unloaded_versions_free_their_memory(tmp_path, trained_runs, fmnist_dir)
             c.classify(name, x)
             start = rss_kb(proc.pid)
             for _ in range(20):
-                v = publish(repo, name, repo / name / "1")
+                v = publish(repo / name, repo / name / "1")
                 wait_for(lambda v=v: c.get_model(name)["version"] == v, what="the new version")
                 wait_for(lambda v=v: sum(s == "READY" for s in states(address).values()) == 1, what="the old retired")
                 c.classify(name, x)
