@@ -5,8 +5,10 @@
 Per method, on the first ``images`` parity images (half with their predicted class as the target,
 half with another class), at each of ``batch_sizes``:
 
-1. onnxruntime against the same function run eagerly in torch, raw maps and logits, with the
-   classifier's tolerances (``parity.py``); the record goes to ``record[method]`` like every graph's.
+1. onnxruntime against the same function run eagerly in torch: the logits elementwise with the
+   classifier's tolerances (``parity.py``), the map normalised with ``references.TOLERANCES`` (an
+   input gradient's ReLU masks may flip, see there) and its scale, each image's peak |map| within
+   ``max_abs`` relatively; the record goes to ``record[method]`` like every graph's.
 2. the normalised map against the reference library (``references.py``), within the tolerance the
    manifest's ``explain.reference`` states with the measured errors.
 
@@ -79,6 +81,21 @@ def _eager(method: str, model, feeds: dict[str, np.ndarray], steps: int) -> dict
     return {"map": maps.detach().numpy(), "logits": logits.detach().numpy()}
 
 
+def _map_record(method: str, got: list[np.ndarray], want: np.ndarray) -> dict:
+    """A map against eager torch at each batch size: normalised (references.compare) and in scale
+    (``max_rel``: the worst relative difference of an image's peak |map|)."""
+    rec = references.worst_of([references.compare(method, g, want) for g in got])
+    peak = np.abs(want).reshape(len(want), -1).max(1, initial=0.0)
+    rel = [np.abs(np.abs(g).reshape(len(g), -1).max(1, initial=0.0) - peak) / np.maximum(peak, 1e-30) for g in got
+           if g.shape == want.shape]
+    rec["max_rel"] = float(max((r.max(initial=0.0) for r in rel), default=float("inf")))
+    if rec["max_rel"] > rec["tolerance"]["max_abs"]:
+        rec["ok"], rec["why"] = False, f"peak |map| off by {rec['max_rel']:.3g} of itself"
+    elif not rec["ok"]:
+        rec["why"] = references.failures({method: rec})[0][4]
+    return rec
+
+
 def export_explanations(model, tmp: Path, x: np.ndarray, name: str, methods, record: dict, *,
                         images: int = EXPLAIN_IMAGES, batch_sizes=EXPLAIN_BATCHES, steps: int = IG_STEPS,
                         samples: int = SMOOTHGRAD_SAMPLES, std: float = 1.0):
@@ -106,7 +123,9 @@ def export_explanations(model, tmp: Path, x: np.ndarray, name: str, methods, rec
         sess = parity.session(path)
         runs = [parity.run_batched(sess, feeds, b) for b in batch_sizes]
         if method != "gradcam":
-            record[method] = parity.record_of(runs, _eager(method, model, feeds, steps), "logits", batch_sizes)
+            eager = _eager(method, model, feeds, steps)
+            record[method] = parity.record_of(runs, {"logits": eager["logits"]}, "logits", batch_sizes)
+            record[method]["outputs"]["map"] = _map_record(method, [r["map"] for r in runs], eager["map"])
         want = references.reference_maps(method, model, xt, torch.from_numpy(target), steps=steps, samples=samples,
                                          std=std, seed=NOISE_SEED)
         out = "cam" if method == "gradcam" else "map"

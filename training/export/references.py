@@ -11,10 +11,15 @@ Saliency). Every library explains ``model.forward_once`` (the image's own pass),
 Captum's per-channel attributions are summed over channels, as the graphs do.
 
 The gate compares min-max normalised maps (x - min) / (max - min) per image (``normalise``), so a
-method's scale convention does not matter and the tolerance is in units of the map's range: every
-method must agree within ``TOLERANCES[method]`` (largest absolute difference of the normalised maps
-on any image and batch size). These libraries are export and test dependencies only: serving never
-imports this module.
+method's scale convention does not matter and the tolerance is in units of the map's range. A map
+passes when, over every image and batch size, its largest absolute difference is within
+``max_abs``, its mean absolute difference within ``mean_abs`` and each image's Pearson r at least
+``min_pearson`` (``TOLERANCES``; the manifest states them beside the measured figures). Not an
+elementwise bound alone: an input gradient passes every ReLU and max-pool of the network, and where
+onnxruntime's float32 forward pass differs from torch's in the last bit at a pre-activation near 0,
+one unit's mask flips and a few pixels of that image move by a visible share of the map's range
+(README: the measured figures). A wrong formula, path or noise moves every image (r far below the
+bound). These libraries are export and test dependencies only: serving never imports this module.
 """
 from __future__ import annotations
 
@@ -22,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-# Largest |difference| of the normalised maps (in units of the map's range). Gradient graphs in
-# onnxruntime sum in another order than torch; these bound float32 rounding with a wide margin and
-# still catch a wrong formula, path or noise (those differ by tenths, see tests/training/test_explain_export.py).
-TOLERANCES = {"gradcam": 1e-3, "gradcampp": 1e-3, "saliency": 1e-3, "ig": 1e-3, "smoothgrad": 1e-3}
+# In units of the normalised map's range: max_abs bounds one pixel (room for a flipped mask),
+# mean_abs and min_pearson every image (no room for a wrong method).
+TOLERANCES = {m: {"max_abs": 0.05, "mean_abs": 1e-4, "min_pearson": 0.999}
+              for m in ("gradcam", "gradcampp", "saliency", "ig", "smoothgrad")}
 CHUNK = 64  # images per reference call (IG and SmoothGrad multiply the batch by their steps or samples)
 
 
@@ -105,17 +110,25 @@ def reference_maps(method: str, model: nn.Module, x: torch.Tensor, target: torch
 
 
 def compare(method: str, got: np.ndarray, want: np.ndarray) -> dict:
-    """The graph's maps ``got`` against the reference's ``want``, both normalised: the largest and
-    mean absolute difference, the lowest per-image Pearson r, and ``ok`` against the tolerance."""
+    """The graph's maps ``got`` against ``want``, both normalised: the largest and mean absolute
+    difference, the lowest per-image Pearson r, and ``ok`` against ``TOLERANCES[method]``."""
     tol = TOLERANCES[method]
-    if got.shape != want.shape:
+    if got.shape != want.shape or not np.isfinite(got).all():
+        why = f"shape {got.shape} != {want.shape}" if got.shape != want.shape else "NaN or Inf in the map"
         return {"images": int(len(want)), "tolerance": tol, "max_abs": float("inf"), "mean_abs": float("inf"),
-                "min_pearson": 0.0, "ok": False, "why": f"shape {got.shape} != {want.shape}"}
+                "min_pearson": 0.0, "ok": False, "why": why}
     a, b = normalise(got), normalise(want)
     diff = np.abs(a - b)
-    worst = float(diff.max(initial=0.0)) if np.isfinite(got).all() else float("inf")
-    return {"images": int(len(want)), "tolerance": tol, "max_abs": worst, "mean_abs": float(diff.mean()),
-            "min_pearson": _min_pearson(a, b), "ok": bool(worst <= tol)}
+    rec = {"images": int(len(want)), "tolerance": tol, "max_abs": float(diff.max(initial=0.0)),
+           "mean_abs": float(diff.mean()) if diff.size else 0.0, "min_pearson": _min_pearson(a, b)}
+    rec["ok"] = passes(rec)
+    return rec
+
+
+def passes(rec: dict) -> bool:
+    tol = rec["tolerance"]
+    return bool(rec["max_abs"] <= tol["max_abs"] and rec["mean_abs"] <= tol["mean_abs"]
+                and rec["min_pearson"] >= tol["min_pearson"])
 
 
 def worst_of(records: list[dict]) -> dict:
@@ -140,5 +153,11 @@ def _min_pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def failures(records: dict[str, dict]) -> list[tuple[str, str, float, float, str]]:
     """ParityError rows for the methods whose maps disagree with their reference."""
-    return [(m, "map vs reference", r["max_abs"], r["mean_abs"], r.get("why", f"beyond tolerance {r['tolerance']}"))
-            for m, r in records.items() if not r["ok"]]
+    return [(m, "map vs reference", r["max_abs"], r["mean_abs"], r.get("why", _why(r))) for m, r in records.items()
+            if not r["ok"]]
+
+
+def _why(r: dict) -> str:
+    t = r["tolerance"]
+    return (f"beyond tolerance (max abs {r['max_abs']:.3g} / {t['max_abs']}, mean abs {r['mean_abs']:.3g} / "
+            f"{t['mean_abs']}, min Pearson {r['min_pearson']:.5f} / {t['min_pearson']})")
