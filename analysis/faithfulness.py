@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import uniform_filter
-from scipy.stats import rankdata
 
 RANDOMISATION_FLAG = 0.5  # mean Spearman above this: the maps survive the weights' destruction
 
@@ -82,6 +81,9 @@ def centre_maps(shape: tuple) -> np.ndarray:
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-image Spearman rank correlation of two map stacks [N, H, W] (average ranks for ties; 0
     where either map is constant)."""
+    # Imported here: scipy.stats probes torch while it imports, which fails where torch is blocked
+    # (sys.modules['torch'] = None, the analysis package's no-torch check).
+    from scipy.stats import rankdata
     ra = rankdata(a.reshape(len(a), -1), axis=1)
     rb = rankdata(b.reshape(len(b), -1), axis=1)
     ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
