@@ -69,3 +69,53 @@ def test_train_all_exports_by_default_only_and_resume(fmnist_dir, tmp_path):
     assert summary["runs"][0]["exported"] == "lenet/1" and (repo / "lenet" / "1" / "gradcam.onnx").is_file()
     lenet = json.loads((out / "lenet" / "metrics.json").read_text())
     assert lenet["epochs_run"] == 1 and lenet["test_acc"] > 0.3
+
+
+class Interrupt(Exception):
+    """The process dying mid-run (an exception train-all does not catch, so nothing tidies up after it)."""
+
+
+def test_train_all_study_resumes_after_an_interruption(fmnist_dir, tmp_path, monkeypatch):
+    """`train-all --study` dies in its second variant right after epoch 1 is saved; `--resume` then skips the
+    finished first variant (its checkpoint untouched), continues the second from epoch 1 to the very weights
+    an uninterrupted run of it reaches, and trains the third. Catches a resume that retrains finished
+    variants, restarts the interrupted one, or drops the study's overrides on the way."""
+    import torch
+
+    import training.engine as engine
+    from training.checkpoint import load_checkpoint
+    from training.cli import train_all
+    variants = ["lr=0.01", "lr=0.05", "lr=0.1"]
+    args = ["--study", "lr-mnist", "--data-dir", str(fmnist_dir), "--set", "dataset.name=fashion-mnist",
+            "--set", "dataset.subset=300", "--set", "dataset.test_subset=200", "--set", "epochs=2", "--no-export",
+            "--no-progress"]
+    only = [a for v in variants for a in ("--only", v)]
+    r = CliRunner().invoke(train_all, [*args, "--only", variants[1], "--out", str(tmp_path / "straight")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "study"
+    real_fit = engine.fit
+
+    def dying_fit(cfg, run_dir, **kwargs):
+        def log(msg):  # after the second variant's epoch 1 is saved
+            if cfg["name"] == variants[1] and " epoch 1/" in msg:
+                raise Interrupt
+        return real_fit(cfg, run_dir, **{**kwargs, "log": log})
+    monkeypatch.setattr(engine, "fit", dying_fit)
+    r = CliRunner().invoke(train_all, [*args, *only, "--out", str(out)])
+    assert isinstance(r.exception, Interrupt), r.output
+    assert (out / variants[0] / "metrics.json").is_file() and not (out / variants[1] / "metrics.json").exists()
+    assert load_checkpoint(out / variants[1] / "last.pt")["epoch"] == 1 and not (out / variants[2]).exists()
+    finished = (out / variants[0] / "best.pt").read_bytes()
+    monkeypatch.setattr(engine, "fit", real_fit)
+
+    r = CliRunner().invoke(train_all, [*args, *only, "--out", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert f"{variants[0]}: already finished, skipped" in r.output and "resuming from epoch 1" in r.output
+    assert (out / variants[0] / "best.pt").read_bytes() == finished, "a finished variant was trained again"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["run"] for row in summary["runs"]] == variants and all(row["epochs"] == 2 for row in summary["runs"])
+    resumed, straight = (load_checkpoint(d / variants[1] / "last.pt") for d in (out, tmp_path / "straight"))
+    assert resumed["config"]["optimizer"]["lr"] == 0.05 and resumed["config"]["dataset"]["subset"] == 300
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    for k, v in straight["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
