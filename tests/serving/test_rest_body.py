@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from serving.errors import InvalidArgument
-from serving.rest_body import HEADER, parse_infer
+from tests.helpers.fakes import v2_modules
+
+v2_modules()  # serving's v2 stubs are tritonclient's in this process: the suite imports both, which share proto names
+from serving.rest_body import HEADER, parse_infer  # noqa: E402 - after the stubs are in place
 
 GOOD = {"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}
 
