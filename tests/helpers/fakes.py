@@ -1,5 +1,5 @@
 """Fakes for the KServe v2 servicer (``serving.v2``) in-process: a runtime with a small repository, and
-request builders. Shared by serving/test_tensors.py and test_properties.py.
+request builders. Shared by serving/test_v2.py, test_v2_properties.py and test_rest_body.py.
 """
 from __future__ import annotations
 
