@@ -69,7 +69,7 @@ class Metrics:
     """The prometheus families the batcher uses, as recorders."""
 
     def __init__(self):
-        self.queue_depth, self.batch_size, self.dropped = Family(), Family(), Family()
+        self.queue_depth, self.batch_size, self.dropped, self.queue_time = Family(), Family(), Family(), Family()
 
 
 def rows(k, n=1):
@@ -209,6 +209,8 @@ def test_an_expired_job_is_dropped_before_compute_and_a_cancelled_one_skipped():
     assert [r[1] for r in g.runs] == [1] and g.runs[0][3]["input"][0, 0] == 3
     assert {k: c.values for k, c in m.dropped.children.items()} == {("fake", "deadline"): [1],
                                                                     ("fake", "cancelled"): [1]}
+    (waited,) = m.queue_time.children["fake"].values  # the job that ran: its time in the queue, once
+    assert 0 <= waited < 5
 
 
 def test_a_batch_of_only_dropped_jobs_runs_nothing_and_the_batcher_goes_on():
@@ -463,3 +465,55 @@ def test_a_failed_batch_is_logged_with_the_graph_and_size(caplog):
         run(scenario)
     assert [r.getMessage() for r in caplog.records] == ["fake: batch of 2 failed"]
     assert caplog.records[0].exc_info is not None
+
+
+@pytest.mark.timeout(60)  # a batcher that spins (a job it can never take) fails here, not at the suite's limit
+def test_batcher_drops_expired_and_cancelled_jobs_and_bounds_its_queue():
+    from serving.batcher import Batcher
+    from serving.errors import DeadlineExceeded, ResourceExhausted
+
+    class SlowGraph:
+        triton_name = "fake"
+        calls = []
+
+        def run(self, outputs, feeds):
+            self.calls.append(len(feeds["input"]))
+            time.sleep(0.2)
+            return [feeds["input"] * 2]
+
+    async def scenario():
+        g = SlowGraph()
+        b = Batcher(g, max_batch=8, max_queue=2)
+        b.start()
+        one = np.ones((1, 3), np.float32)
+        first = asyncio.ensure_future(b.submit({"input": one}, ["y"], 1, None))
+        await asyncio.sleep(0.05)  # the first batch is now computing
+        expired = asyncio.ensure_future(b.submit({"input": one}, ["y"], 1, time.monotonic() + 0.01))
+        cancelled = asyncio.ensure_future(b.submit({"input": one * 3}, ["y"], 1, None))
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted, match="full"):
+            await b.submit({"input": one}, ["y"], 1, None)  # queue holds 2: refused at once
+        cancelled.cancel()
+        assert (await first)["y"][0, 0] == 2
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        assert b.dropped == {"deadline": 1, "cancelled": 1}, b.dropped  # each counted under its reason
+        # Requests queued while a batch computes merge into the next run, each gets its own rows back.
+        blocker = asyncio.ensure_future(b.submit({"input": one}, ["y"], 1, None))
+        await asyncio.sleep(0.05)
+        b.max_queue = 8
+        parts = [b.submit({"input": np.full((k, 3), k, np.float32)}, ["y"], k, None) for k in (1, 2, 3)]
+        results = await asyncio.gather(blocker, *parts)
+        assert [r["y"].tolist() for r in results[1:]] == [[[2.0 * k] * 3] * k for k in (1, 2, 3)]
+        # A job above max_batch (the server's --max-batch may sit below the manifest's) runs alone
+        # instead of waiting forever at the head of the queue.
+        big = b.submit({"input": np.ones((12, 3), np.float32)}, ["y"], 12, None)
+        small = b.submit({"input": one}, ["y"], 1, None)
+        got = await asyncio.wait_for(asyncio.gather(big, small), 5)
+        assert [len(r["y"]) for r in got] == [12, 1]
+        await b.stop()
+        return g.calls
+
+    calls = asyncio.run(scenario())
+    assert calls == [1, 1, 6, 12, 1], \
+        f"the expired and the cancelled job must not reach the model; queued jobs merge: {calls}"

@@ -1,5 +1,4 @@
 """The gRPC server end to end: a real `serve` subprocess on a loopback port, real exported models."""
-import asyncio
 import io
 import json
 import subprocess
@@ -256,58 +255,6 @@ def test_tritonclient_v2(server, repository, images):
     assert np.isnan(got[:2]).any() and np.isfinite(got[2]).all()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
     assert c.is_server_live()
-
-
-@pytest.mark.timeout(60)  # a batcher that spins (a job it can never take) fails here, not at the suite's limit
-def test_batcher_drops_expired_and_cancelled_jobs_and_bounds_its_queue():
-    from serving.batcher import Batcher
-    from serving.errors import DeadlineExceeded, ResourceExhausted
-
-    class SlowGraph:
-        triton_name = "fake"
-        calls = []
-
-        def run(self, outputs, feeds):
-            self.calls.append(len(feeds["input"]))
-            time.sleep(0.2)
-            return [feeds["input"] * 2]
-
-    async def scenario():
-        g = SlowGraph()
-        b = Batcher(g, max_batch=8, max_queue=2)
-        b.start()
-        one = np.ones((1, 3), np.float32)
-        first = asyncio.ensure_future(b.submit({"input": one}, ["y"], 1, None))
-        await asyncio.sleep(0.05)  # the first batch is now computing
-        expired = asyncio.ensure_future(b.submit({"input": one}, ["y"], 1, time.monotonic() + 0.01))
-        cancelled = asyncio.ensure_future(b.submit({"input": one * 3}, ["y"], 1, None))
-        await asyncio.sleep(0)
-        with pytest.raises(ResourceExhausted, match="full"):
-            await b.submit({"input": one}, ["y"], 1, None)  # queue holds 2: refused at once
-        cancelled.cancel()
-        assert (await first)["y"][0, 0] == 2
-        with pytest.raises(DeadlineExceeded):
-            await expired
-        assert b.dropped == {"deadline": 1, "cancelled": 1}, b.dropped  # each counted under its reason
-        # Requests queued while a batch computes merge into the next run, each gets its own rows back.
-        blocker = asyncio.ensure_future(b.submit({"input": one}, ["y"], 1, None))
-        await asyncio.sleep(0.05)
-        b.max_queue = 8
-        parts = [b.submit({"input": np.full((k, 3), k, np.float32)}, ["y"], k, None) for k in (1, 2, 3)]
-        results = await asyncio.gather(blocker, *parts)
-        assert [r["y"].tolist() for r in results[1:]] == [[[2.0 * k] * 3] * k for k in (1, 2, 3)]
-        # A job above max_batch (the server's --max-batch may sit below the manifest's) runs alone
-        # instead of waiting forever at the head of the queue.
-        big = b.submit({"input": np.ones((12, 3), np.float32)}, ["y"], 12, None)
-        small = b.submit({"input": one}, ["y"], 1, None)
-        got = await asyncio.wait_for(asyncio.gather(big, small), 5)
-        assert [len(r["y"]) for r in got] == [12, 1]
-        await b.stop()
-        return g.calls
-
-    calls = asyncio.run(scenario())
-    assert calls == [1, 1, 6, 12, 1], \
-        f"the expired and the cancelled job must not reach the model; queued jobs merge: {calls}"
 
 
 LOAD = """
