@@ -2,7 +2,10 @@
 deadlines, cancellation, the adaptive delay, inline vs worker-thread runs, failures and metrics.
 
 Fast and deterministic: the fake graphs record every run, and the adaptive delay is observed through the
-``asyncio.sleep`` calls the batcher makes, not through wall-clock timing.
+``asyncio.sleep`` calls the batcher makes, not through wall-clock timing (but for one scenario, the last
+test, whose fake graph takes 0.2 s a run: about a second).
+
+    .venv/bin/pytest -x -q tests/serving/test_batcher.py
 """
 from __future__ import annotations
 
