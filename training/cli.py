@@ -166,9 +166,9 @@ def train(**o):
     from .models import list_models, model_info
     _launch_torchrun(o["nproc"], "train")
     if o["list_models"]:
-        for name in list_models():
-            e = model_info(name)
-            click.echo(f"{name:10s} {e.task:10s} {e.description}")
+        from tabulate import tabulate
+        rows = [(name, model_info(name).task, model_info(name).description) for name in list_models()]
+        click.echo(tabulate(rows, headers=("model", "task", "description"), tablefmt="plain"))
         return
     run = _run_from_flags(o)
     from .distributed import barrier, from_env, shutdown
