@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from google.protobuf import text_format
 
 from glassbox.manifest import read_manifest, verify_files
 
-from ._generated.inference import model_config_pb2 as mc
+from .configs import parse_config
 from .stats import Stats
 
 log = logging.getLogger("glassbox.serving")
@@ -150,12 +149,7 @@ def check_configs(path: Path, manifest: dict) -> None:
     """Every graph's Triton ``config.pbtxt`` (where export wrote one) must parse: a version whose config does
     not is refused, as Triton would refuse it."""
     for gname in manifest["graphs"]:
-        file = path / f"{gname}.config.pbtxt"
-        if file.is_file():
-            try:
-                text_format.Parse(file.read_text(), mc.ModelConfig())
-            except (text_format.ParseError, UnicodeDecodeError) as e:
-                raise ValueError(f"{file.name} does not parse: {e}") from None
+        parse_config(path / f"{gname}.config.pbtxt")
 
 
 def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 0) -> Model:

@@ -16,9 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
-
-from ._generated.inference import model_config_pb2 as mc
+from .configs import parse_config
 from .errors import BadOption
 
 DEFAULT_LATEST = 2
@@ -59,7 +57,7 @@ def parse_policy(text: str) -> VersionPolicy:
     raise BadOption(f"--version-policy {text!r}: expected latest:N (N >= 1), all, or specific:V[,V...]")
 
 
-def from_config(config: mc.ModelConfig) -> VersionPolicy:
+def from_config(config) -> VersionPolicy:
     p = config.version_policy
     choice = p.WhichOneof("policy_choice")
     if choice == "all":
@@ -71,12 +69,6 @@ def from_config(config: mc.ModelConfig) -> VersionPolicy:
     return VersionPolicy()
 
 
-def read_model_config(model_dir: Path) -> mc.ModelConfig:
+def read_model_config(model_dir: Path):
     """``<model>/config.pbtxt`` parsed (an empty config where there is none); ValueError if it does not parse."""
-    file = model_dir / "config.pbtxt"
-    if not file.is_file():
-        return mc.ModelConfig()
-    try:
-        return text_format.Parse(file.read_text(), mc.ModelConfig())
-    except (text_format.ParseError, UnicodeDecodeError) as e:
-        raise ValueError(f"{model_dir.name}/config.pbtxt does not parse: {e}") from None
+    return parse_config(model_dir / "config.pbtxt")

@@ -306,7 +306,7 @@ def test_crash_mid_export_keeps_previous_version(tmp_path, fmnist_test, fmnist_d
     monkeypatch.setattr(ex, "build_gradcam_graph", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         export_model(model, cfg, tmp_path, images=fmnist_test.images[:8], batch_sizes=(8,))
-    assert sorted(os.listdir(tmp_path / "lenet")) == ["1"], "no temp dir, no half version"
+    assert sorted(os.listdir(tmp_path / "lenet")) == ["1", "config.pbtxt"], "no temp dir, no half version"
     assert {p.name: p.read_bytes() for p in first.path.iterdir()} == before
     assert verify_files(first.path) == []
 
