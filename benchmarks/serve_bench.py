@@ -3,10 +3,7 @@
     .venv/bin/python benchmarks/serve_bench.py [--seconds 5] [--models lenet,inception] [--workers 1,2]
     .venv/bin/python benchmarks/serve_bench.py --models resnet --cache          # + the response cache's points
     .venv/bin/python benchmarks/serve_bench.py --repository DIR --models resnet,resnet-int8   # trained models
-
-Each Python-client row carries the server's own breakdown of its calls (benchmarks/serve_breakdown.py):
-queue wait, batch size reached, onnxruntime run per batch, request/response conversion, server CPU per call
-and the client's share of the CPU.
+Python-client rows carry the server's breakdown of their calls (benchmarks/serve_breakdown.py).
 
 Exports random-weight models into a temporary repository (weights do not change the compute),
 starts `serve` as a subprocess (once per ``--workers`` count: ``serve --workers N``, N processes sharing the
@@ -302,20 +299,9 @@ def main():
                   "--input-data)")
         print(f"{'model':10s} {'mode':26s} {'images/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
         if not a.no_ort:
-            for name in names:
-                for b in (1, 32):
-                    newest = max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-                    got[name, "ort", b] = in_process(newest / "classifier.onnx", shape_of(repo, name), b, a.seconds)
-                    row(name, f"in-process ort batch {b}", got[name, "ort", b])
+            in_process_rows(repo, names, a.seconds, got)
         for w in map(int, a.workers.split(",")):
-            proc, address = start_server(repo, "--workers", str(w), *a.server_args.split())
-            print(f"server: serve --workers {w} {a.server_args}".rstrip())
-            try:
-                for name in names:
-                    shape = shape_of(repo, name)
-                    measure(a, got, w, name, shape, address, concurrencies, binary, pa, proc.pid)
-            finally:
-                stop_server(proc)
+            served_rows(a, repo, names, w, concurrencies, binary, pa, got)
         if a.cache:
             from serve_breakdown import cache_points
             for name in names:
@@ -324,6 +310,27 @@ def main():
     if not a.no_floor:
         noop_floor(binary, a.seconds)
     report_targets(got)
+
+
+def served_rows(a, repo: Path, names: list[str], w: int, concurrencies, binary, pa, got: dict) -> None:
+    """Every model's points against one ``serve --workers w``."""
+    from tests.helpers.server import start_server, stop_server
+    proc, address = start_server(repo, "--workers", str(w), *a.server_args.split())
+    print(f"server: serve --workers {w} {a.server_args}".rstrip())
+    try:
+        for name in names:
+            measure(a, got, w, name, shape_of(repo, name), address, concurrencies, binary, pa, proc.pid)
+    finally:
+        stop_server(proc)
+
+
+def in_process_rows(repo: Path, names: list[str], seconds: float, got: dict) -> None:
+    """onnxruntime in this process on each model's newest classifier graph, at batch 1 and 32."""
+    for name in names:
+        newest = max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        for b in (1, 32):
+            got[name, "ort", b] = in_process(newest / "classifier.onnx", shape_of(repo, name), b, seconds)
+            row(name, f"in-process ort batch {b}", got[name, "ort", b])
 
 
 def measure(a, got: dict, w: int, name: str, shape, address: str, concurrencies, binary, pa, server: int) -> None:
