@@ -101,7 +101,7 @@ def test_report_renders_in_chromium(common, tmp_path):
     assert "http://" not in page and "https://" not in page, "the report must read offline"
     n_images = page.count("<img ")
     assert n_images >= 8
-    from tests.analysis.test_units import chromium_decoded
+    from tests.analysis.test_report import chromium_decoded
     decoded, total = chromium_decoded(tmp_path / "report.html")
     assert decoded == total == n_images
 

@@ -4,6 +4,7 @@
     write_cifar_pickles(tmp_path / "cifar-10-batches-py")
     write_imagefolder(tmp_path / "cifar10-jpg.zip", {"train/cat/1.png": arr})
     write_lfw_folders(tmp_path / "lfw", {"Ann_A": 20})
+    x, y = blobs(n_per=40, k=4)                        # separable Gaussian blobs, for the analysis metrics
 
 Each writes bytes the way the official files are laid out (IDX headers, pickled dicts of a uint8
 [N, 3072] array, per-person JPEG folders), not via the readers under test.
@@ -98,3 +99,12 @@ def write_lfw_npz(path: Path, counts: list[int], size: int = 32, seed: int = 0):
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x, y=y, names=names)
     return x, y, names
+
+
+def blobs(n_per=40, k=4, dims=8, spread=0.3, seed=0):
+    """k well separated Gaussian blobs: class c is centred at 5 * e_c."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n_per)
+    centres = np.zeros((k, dims))
+    centres[np.arange(k), np.arange(k)] = 5.0
+    return centres[y] + spread * rng.standard_normal((len(y), dims)), y
