@@ -114,3 +114,12 @@ def test_method_list():
     assert check_methods(list(METHODS), None) == ["saliency", "ig", "smoothgrad"]  # no spatial layer, no CAM
     with pytest.raises(ExplainConfigError, match="unknown explanation method lime"):
         check_methods(["lime"], "conv2")
+
+
+def test_export_cli_explain_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from training.export.cli import _methods, export
+    assert _methods("all") == list(METHODS) and _methods("none") == [] and _methods("ig, gradcam") == ["ig", "gradcam"]
+    r = CliRunner().invoke(export, [str(tmp_path), "--explain", "gradcam,lime"])
+    assert r.exit_code == 2 and "--explain: unknown method lime" in r.output
