@@ -40,7 +40,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RTOL, ATOL = 1e-3, 1e-4
@@ -132,8 +131,7 @@ def serve_and_measure(repo: Path, seconds: float, device: str) -> tuple[str, dic
     from serve_bench import drive
 
     from serving.client import GlassboxClient
-
-    from conftest import start_server, stop_server
+    from tests.helpers.server import start_server, stop_server
     proc, address = start_server(repo, "--device", "auto" if device == "cuda" else "cpu")
     try:
         with GlassboxClient(address) as c:

@@ -183,7 +183,7 @@ def test_atomic_write_is_all_or_nothing(tmp_path):
 
 def test_server_rejects_manifest_missing_a_key(repository, tmp_path):
     from glassbox.manifest import validate_manifest, versions
-    from serving.repository import load_model
+    from serving.loader import load_model
 
     src = repository / "lenet" / str(versions(repository / "lenet")[-1])
     good = tmp_path / "good" / "lenet" / src.name
