@@ -24,7 +24,7 @@ from .explain import noise_std
 from .explain_export import RANDOMIZED_IMAGES, check_methods, export_explanations, randomized_copy
 from .gradcam import build_gradcam_graph, reference_gradcam
 from .graphs import OPSET, ClassifierGraph, DecoderGraph, EncoderGraph, export_onnx, output_shapes
-from .pbtxt import parse_triton_config, triton_config
+from .pbtxt import write_triton_configs
 from .repository import publish, staging
 
 MAX_BATCH_SIZE = 256
@@ -145,6 +145,11 @@ def _vae_entries(model, graphs: dict, ds: dict) -> dict:
 EXPORTERS = {"classifier": (_export_classifier, _classifier_entries), "vae": (_export_vae, _vae_entries)}
 
 
+def _source(config: dict, checkpoint, metrics: dict | None) -> dict:
+    return {"checkpoint": str(checkpoint) if checkpoint else None,
+            "sha256": sha256(Path(checkpoint)) if checkpoint else None, "config": config, "metrics": metrics or {}}
+
+
 def export_model(model: torch.nn.Module, config: dict, repository="exported", name: str | None = None, *,
                  checkpoint: str | Path | None = None, metrics: dict | None = None, history: list | None = None,
                  parity_images: int = 1000, images: np.ndarray | None = None, data_dir=None,
@@ -182,10 +187,7 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
                 more, section, rows = export_explanations(model, tmp, x, name, methods, record, std=noise_std(spec))
                 graphs.update(more)
         parity.gate(record, rows)  # every graph checked: one table of everything that failed
-        for graph, g in graphs.items():
-            text = triton_config(g["triton_name"], g, MAX_BATCH_SIZE)
-            parse_triton_config(text)
-            (tmp / f"{graph}.config.pbtxt").write_text(text)
+        write_triton_configs(tmp, graphs, MAX_BATCH_SIZE)
         manifest = {
             "format": 1, "name": name, "version": None, "task": model.task, "dataset": ds["name"],
             "model": {"arch": config["model"]["name"], "args": config["model"].get("args", {})},
@@ -194,13 +196,9 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
             **entries(model, graphs, ds),  # labels, layers, latent_dim
             "cam_layer": model.cam_layer,
             "opset": OPSET, "max_batch_size": MAX_BATCH_SIZE, "graphs": graphs,
-            "source": {"checkpoint": str(checkpoint) if checkpoint else None,
-                       "sha256": sha256(Path(checkpoint)) if checkpoint else None,
-                       "config": config, "metrics": metrics or {}},
-            "training": {"history": history or []},
+            "source": _source(config, checkpoint, metrics), "training": {"history": history or []},
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-            "parity": record,
-            "explain": section, "randomized_of": randomized_of,
+            "parity": record, "explain": section, "randomized_of": randomized_of,
         }
         version, path = publish(tmp, manifest)
     manifest = json.loads((path / "manifest.json").read_text())

@@ -36,3 +36,12 @@ def parse_triton_config(text: str):
     syntactically (unknown fields, wrong types)."""
     from tritonclient.grpc import model_config_pb2
     return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def write_triton_configs(folder, graphs: dict, max_batch_size: int) -> None:
+    """Each graph's ``<graph>.config.pbtxt`` in ``folder``, parsed as Triton would before it is written."""
+    from pathlib import Path
+    for graph, g in graphs.items():
+        text = triton_config(g["triton_name"], g, max_batch_size)
+        parse_triton_config(text)
+        (Path(folder) / f"{graph}.config.pbtxt").write_text(text)

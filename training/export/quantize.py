@@ -39,7 +39,7 @@ import onnxruntime as ort
 from glassbox.data import load_dataset, preprocess, random_subset
 from glassbox.manifest import read_manifest
 
-from .pbtxt import parse_triton_config, triton_config
+from .pbtxt import write_triton_configs
 from .repository import publish, staging
 
 SPEED_BATCH = 32
@@ -240,9 +240,7 @@ def export_int8(version_dir, repository, *, data_dir=None, gates: Gates = Gates(
             for graph, g in variant["graphs"].items():
                 if graph != "classifier":
                     shutil.copyfile(src / g["file"], tmp / g["file"])
-                text = triton_config(g["triton_name"], g, variant["max_batch_size"])
-                parse_triton_config(text)
-                (tmp / f"{graph}.config.pbtxt").write_text(text)
+            write_triton_configs(tmp, variant["graphs"], variant["max_batch_size"])
             variant.pop("files", None)
             version, path = publish(tmp, variant)
     return Int8Result(name, version, path, read_manifest(path), time.perf_counter() - t0)
