@@ -40,8 +40,22 @@ class FakeGraph:
 
 
 class FakeModel:
-    def __init__(self, name, version, graphs):
+    def __init__(self, name, version, graphs, state="READY", error=""):
         self.name, self.version, self.graphs = name, version, {g.name: g for g in graphs}
+        self.state, self.error, self.directory = state, error, str(version)
+
+
+class FakeControl:
+    """What the repository API asks of serving.control.ModelControl: load and unload, recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def load(self, name):
+        self.calls.append(("load", name))
+
+    async def unload(self, name):
+        self.calls.append(("unload", name))
 
 
 def io_(name, shape, dtype="float32"):
@@ -70,6 +84,9 @@ class FakeRuntime:
                              "vae.decoder": ("vae", "decoder")}
         self.repo, self.draining, self.held = self, False, False
         self.generation = 0  # the repository's: v2's lookup cache is kept while it stays
+        self.control = FakeControl()
+        self.used = []  # every model a call was given (Runtime.use)
+        self.on_disk = ["net", "vae", "waiting"]
         self.options = {"max_delay_s": 0.25}
         self.handled = []  # (method, model name, context) of every handle() call
         self.contexts = []  # the context every infer() call got
@@ -83,7 +100,14 @@ class FakeRuntime:
         return self
 
     def use(self, model):
+        self.used.append((model.name, model.version))
         return model
+
+    def all(self):
+        return [m for versions in self.models.values() for m in versions.values()]
+
+    def names_on_disk(self):
+        return self.on_disk
 
     def ready_versions(self, name):
         return sorted(self.models[name])
@@ -93,7 +117,7 @@ class FakeRuntime:
         v = version or max(versions)
         if v not in versions:
             raise NotFound(f"model {name!r} has no version {v}")
-        return versions[v]
+        return self.use(versions[v])
 
     async def infer(self, model, graph, feeds, outputs, context, n=None, parameters=b""):
         """Every output of the graph, counting up (the decoder repeats its latent): replies can be checked."""

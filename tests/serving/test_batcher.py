@@ -520,3 +520,48 @@ def test_batcher_drops_expired_and_cancelled_jobs_and_bounds_its_queue():
     calls = asyncio.run(scenario())
     assert calls == [1, 1, 6, 12, 1], \
         f"the expired and the cancelled job must not reach the model; queued jobs merge: {calls}"
+
+
+class Recorder:
+    """Stands in for serving.stats.Stats: what the batcher reports of each batch."""
+
+    def __init__(self):
+        self.batches = []
+
+    def batch(self, queued_ns, n, input_ns, infer_ns, output_ns):
+        self.batches.append((queued_ns, n, input_ns, infer_ns, output_ns))
+
+
+class SlowGraph(Graph):
+    """A graph whose every run takes 20 ms, with KServe statistics recorded (ModelStatistics)."""
+
+    def __init__(self):
+        super().__init__(batch1_ms=1000.0)  # never inline: the worker thread
+        self.stats = Recorder()
+
+    def run(self, outputs, feeds):
+        time.sleep(0.02)
+        return super().run(outputs, feeds)
+
+
+def test_each_batch_reports_its_queue_input_infer_and_output_times():
+    """Two queued jobs (3 images) merge into one batch: one report with both jobs' queue times, 3 images, and an
+    infer time that holds the 20 ms run while the input and output times do not."""
+    g = SlowGraph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        await asyncio.sleep(0.03)  # the jobs below are queued well after the batcher was built
+        got = await start_with_queued(b, ((1, 1), (2, 2)))
+        await b.stop()
+        return got
+
+    t0 = time.perf_counter_ns()
+    run(scenario)
+    elapsed = time.perf_counter_ns() - t0
+    [(queued, n, input_ns, infer_ns, output_ns)] = g.stats.batches
+    assert len(queued) == 2 and n == 3
+    assert all(0 <= q < elapsed for q in queued)
+    assert 20e6 <= infer_ns < elapsed
+    assert 0 <= input_ns < 20e6 and 0 <= output_ns < 20e6
+    assert input_ns + infer_ns + output_ns < elapsed

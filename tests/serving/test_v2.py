@@ -264,3 +264,91 @@ def test_v2_typed_float_contents_reach_the_model_as_float32():
     rt.infer = infer
     call(s.ModelInfer(infer_request(spb, "net", {"input": x4()}, raw=False), None))
     assert seen["input"].dtype == np.float32 and np.array_equal(seen["input"], x4())
+
+
+# --- The repository and statistics extensions (serving/v2_repository.py), in process.
+
+def test_v2_repository_index_lists_every_version_with_its_state_and_the_models_not_loaded():
+    s, rt, _, _ = servicer()
+    rt.models["net"][1].state, rt.models["net"][1].error = "UNAVAILABLE", "outside the version policy (latest:1)"
+    index = call(s.RepositoryIndex(s_pb().RepositoryIndexRequest(), None))
+    assert [(m.name, m.version, m.state, m.reason) for m in index.models] == [
+        ("net", "1", "UNAVAILABLE", "outside the version policy (latest:1)"), ("net", "2", "READY", ""),
+        ("vae", "1", "READY", ""), ("waiting", "", "UNAVAILABLE", "not loaded")]
+    ready = call(s.RepositoryIndex(s_pb().RepositoryIndexRequest(ready=True), None))
+    assert [(m.name, m.version) for m in ready.models] == [("net", "2"), ("vae", "1")]
+    assert rt.handled[-1][:2] == ("RepositoryIndex", "")
+
+
+def test_v2_repository_load_and_unload_reach_model_control_by_model_name():
+    s, rt, spb, _ = servicer()
+    call(s.RepositoryModelLoad(spb.RepositoryModelLoadRequest(model_name="net"), None))
+    call(s.RepositoryModelUnload(spb.RepositoryModelUnloadRequest(model_name="net.gradcam"), None))  # its model
+    call(s.RepositoryModelLoad(spb.RepositoryModelLoadRequest(model_name="waiting"), None))  # on disk only
+    assert rt.control.calls == [("load", "net"), ("unload", "net"), ("load", "waiting")]
+    assert [h[:2] for h in rt.handled] == [("RepositoryModelLoad", "net"), ("RepositoryModelUnload", "net.gradcam"),
+                                           ("RepositoryModelLoad", "waiting")]
+    with pytest.raises(InvalidArgument, match="^model_name is empty$"):
+        call(s.RepositoryModelLoad(spb.RepositoryModelLoadRequest(), None))
+    with pytest.raises(InvalidArgument, match="^model_name is empty$"):
+        call(s.RepositoryModelUnload(spb.RepositoryModelUnloadRequest(), None))
+    assert len(rt.control.calls) == 3
+
+
+def test_v2_model_statistics_count_each_request_by_graph_and_version():
+    s, rt, spb, _ = servicer()
+    call(s.ModelInfer(infer_request(spb, "net", {"input": x4()}), None))
+    with pytest.raises(InvalidArgument):  # resolved, then refused: a failed request of net v2
+        call(s.ModelInfer(infer_request(spb, "net", {"input": x4()}, datatypes={"input": "INT64"}), None))
+    stats = call(s.ModelStatistics(spb.ModelStatisticsRequest(name="net"), None)).model_stats
+    assert [(m.name, m.version) for m in stats] == [("net", "1"), ("net", "2")]
+    v2 = stats[1].inference_stats
+    assert (v2.success.count, v2.fail.count) == (1, 1) and v2.success.ns > 0 and v2.fail.ns > 0
+    assert stats[0].inference_stats.success.count == 0
+    only = call(s.ModelStatistics(spb.ModelStatisticsRequest(name="net", version="1"), None)).model_stats
+    assert [(m.name, m.version) for m in only] == [("net", "1")]
+    every = call(s.ModelStatistics(spb.ModelStatisticsRequest(), None)).model_stats
+    assert [(m.name, m.version) for m in every] == [("net", "1"), ("net", "2"), ("net.gradcam", "2"),
+                                                    ("vae.decoder", "1")]
+    with pytest.raises(NotFound, match="^unknown model 'nope'; models: net, net.gradcam, vae.decoder$"):
+        call(s.ModelStatistics(spb.ModelStatisticsRequest(name="nope"), None))
+    with pytest.raises(InvalidArgument, match="^model version must be an integer, got 'x'$"):
+        call(s.ModelStatistics(spb.ModelStatisticsRequest(name="net", version="x"), None))
+    assert rt.handled[-1][:2] == ("ModelStatistics", "net")
+
+
+def test_v2_statistics_carry_the_batchers_figures():
+    from serving.stats import Stats
+    from serving.v2_repository import model_statistics
+    st = Stats()
+    st.batch([5, 7], 3, 11, 13, 17)
+    st.batch([2], 1, 1, 2, 3)
+    st.request(100, True)
+    m = model_statistics("net", 2, st)
+    assert (m.name, m.version, m.inference_count, m.execution_count) == ("net", "2", 4, 2)
+    i = m.inference_stats
+    assert (i.queue.count, i.queue.ns) == (3, 14)
+    assert (i.compute_input.count, i.compute_input.ns) == (3, 11 * 2 + 1)
+    assert (i.compute_infer.count, i.compute_infer.ns) == (3, 13 * 2 + 2)
+    assert (i.compute_output.count, i.compute_output.ns) == (3, 17 * 2 + 3)
+    assert (i.success.count, i.success.ns, i.fail.count) == (1, 100, 0)
+    assert [(b.batch_size, b.compute_infer.count, b.compute_infer.ns) for b in m.batch_stats] == [(1, 1, 2), (3, 1, 13)]
+    assert m.last_inference > 0
+
+
+def test_v2_lookups_are_cached_until_the_repository_changes_and_every_call_holds_its_model():
+    s, rt, spb, _ = servicer()
+    for _ in range(2):
+        call(s.ModelInfer(infer_request(spb, "net", {"input": x4()}), None))
+    cached = s._cache[("net", "")]
+    assert rt.used == [("net", 2), ("net", 2)]  # the miss and the hit both hold version 2
+    rt.generation += 1  # a version was loaded or retired
+    call(s.ModelInfer(infer_request(spb, "net", {"input": x4()}), None))
+    assert s._cache[("net", "")] is not cached and rt.used == [("net", 2)] * 3
+    call(s.ModelInfer(infer_request(spb, "net", {"input": x4()}), None))
+    assert len(rt.used) == 4
+
+
+def s_pb():
+    from tests.helpers.fakes import v2_modules
+    return v2_modules()[1]
