@@ -36,6 +36,7 @@ import json
 import os
 import resource
 import shlex
+import struct
 import subprocess
 import sys
 import tempfile
@@ -82,26 +83,35 @@ def in_process(path: Path, shape, batch: int, seconds: float) -> float:
 
 
 async def drive(address: str, model: str, shape, concurrency: int, seconds: float,
-                channels: int = 1) -> tuple[float, float, float]:
+                channels: int = 1, distinct: bool = False) -> tuple[float, float, float]:
+    """Closed-loop batch-1 v2 ModelInfer calls from ``concurrency`` tasks over ``channels`` connections for
+    ``seconds``: (calls/s, p50 ms, p99 ms). ``distinct``: every call's input differs (its first value is the
+    call's number), so a response cache never hits; otherwise one request is sent again and again."""
     import grpc
 
     from serving._generated.inference import grpc_service_pb2 as pb
     from serving._generated.inference import grpc_service_pb2_grpc as pb_grpc
-    x = np.random.default_rng(0).standard_normal((1, *shape[1:])).astype(np.float32)
-    req = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
-        name="input", datatype="FP32", shape=[1, *shape[1:]])], raw_input_contents=[x.tobytes()],
-        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")])
+    base = np.random.default_rng(0).standard_normal((1, *shape[1:])).astype(np.float32).tobytes()
+    counter = iter(range(1 << 30))
+
+    def build(raw: bytes):
+        return pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="input", datatype="FP32", shape=[1, *shape[1:]])], raw_input_contents=[raw],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")])
+    same = build(base)
+    request = (lambda: build(struct.pack("<f", float(next(counter))) + base[4:])) if distinct else (lambda: same)
     lat: list[float] = []
     chans = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1), ("bench.channel", k)])
              for k in range(channels)]  # a connection each
     try:
         stubs = [pb_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
         for k in range(20):
-            await stubs[k % channels].ModelInfer(req)
+            await stubs[k % channels].ModelInfer(request())
         stop = time.perf_counter() + seconds
 
         async def worker(stub):
             while time.perf_counter() < stop:
+                req = request()
                 t = time.perf_counter()
                 await stub.ModelInfer(req)
                 lat.append(time.perf_counter() - t)
@@ -305,7 +315,8 @@ def main():
         if a.cache:
             from serve_breakdown import cache_points
             for name in names:
-                got[name, "cache"] = cache_points(a, repo, name, shape_of(repo, name), row, start_server, stop_server)
+                got[name, "cache"] = cache_points(a, repo, name, shape_of(repo, name), row, start_server, stop_server,
+                                                  drive)
         print(f"load: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} (1, 5, 15 min) after measuring")
     if not a.no_floor:
         noop_floor(binary, a.seconds)

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import struct
-import time
-
-import numpy as np
 
 
 def statistics(address: str, model: str) -> dict | None:
@@ -75,48 +71,7 @@ def client_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def drive_distinct(address: str, model: str, shape, concurrency: int, seconds: float,
-                         channels: int = 1, distinct: bool = True) -> tuple[float, float, float]:
-    """Like serve_bench's ``drive``, but every call's input differs (its first value is the call's number), so
-    a response cache never hits; ``distinct=False`` builds the requests the same way with one input (all hits)."""
-    import grpc
-
-    from serving._generated.inference import grpc_service_pb2 as pb
-    from serving._generated.inference import grpc_service_pb2_grpc as pb_grpc
-    base = np.random.default_rng(0).standard_normal((1, *shape[1:])).astype(np.float32).tobytes()
-    counter = iter(range(1 << 30))
-
-    def request():
-        raw = (struct.pack("<f", float(next(counter))) if distinct else base[:4]) + base[4:]
-        return pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
-            name="input", datatype="FP32", shape=[1, *shape[1:]])], raw_input_contents=[raw],
-            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")])
-    chans = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1), ("bench.channel", k)])
-             for k in range(channels)]
-    lat: list[float] = []
-    try:
-        stubs = [pb_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
-        for k in range(10):
-            await stubs[k % channels].ModelInfer(request())
-        stop = time.perf_counter() + seconds
-
-        async def worker(stub):
-            while time.perf_counter() < stop:
-                req = request()
-                t = time.perf_counter()
-                await stub.ModelInfer(req)
-                lat.append(time.perf_counter() - t)
-        t0 = time.perf_counter()
-        await asyncio.gather(*[worker(stubs[i % channels]) for i in range(concurrency)])
-        wall = time.perf_counter() - t0
-    finally:
-        for ch in chans:
-            await ch.close()
-    lat_ms = np.array(lat) * 1e3
-    return len(lat) / wall, float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 99))
-
-
-def cache_points(a, repo, name: str, shape, row, start_server, stop_server) -> dict:
+def cache_points(a, repo, name: str, shape, row, start_server, stop_server, drive) -> dict:
     """The cache's targets, side by side: a hit's and a miss's p50 at c=1 (cache on), and all-miss c=32
     throughput with the cache on against the cache off (same client, distinct inputs both times)."""
     got = {}
@@ -124,11 +79,11 @@ def cache_points(a, repo, name: str, shape, row, start_server, stop_server) -> d
         proc, address = start_server(repo, *extra, *a.server_args.split())
         try:
             if extra:
-                got["miss c=1"] = asyncio.run(drive_distinct(address, name, shape, 1, a.seconds))
+                got["miss c=1"] = asyncio.run(drive(address, name, shape, 1, a.seconds, distinct=True))
                 row(name, "cache on, all miss c=1", *got["miss c=1"])
-                got["hit c=1"] = asyncio.run(drive_distinct(address, name, shape, 1, a.seconds, distinct=False))
+                got["hit c=1"] = asyncio.run(drive(address, name, shape, 1, a.seconds))
                 row(name, "cache on, all hit c=1", *got["hit c=1"])
-            got[f"{label} c=32"] = asyncio.run(drive_distinct(address, name, shape, 32, a.seconds, a.channels))
+            got[f"{label} c=32"] = asyncio.run(drive(address, name, shape, 32, a.seconds, a.channels, distinct=True))
             row(name, f"{label}, all miss c=32", *got[f"{label} c=32"])
         finally:
             stop_server(proc)

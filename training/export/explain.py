@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .gradcam import GradCamGraph, gradcam_fn
+from .gradcam import GradCamGraph, cam_layer_gradient, gradcam_fn
 from .gradcam import _decompositions as _cam_decompositions
 
 aten = torch.ops.aten
@@ -72,16 +72,8 @@ def _target_score(model, target):
 
 
 def gradcampp_fn(model: nn.Module):
-    layer = model.cam_layer
-
     def cam(x: torch.Tensor, target: torch.Tensor):
-        act = model.forward_to(x, layer)
-
-        def score(a):
-            logits = model.forward_from(a, layer)
-            return logits.gather(1, target[:, None]).sum(), logits
-
-        g, logits = torch.func.grad(score, has_aux=True)(act)
+        act, g, logits = cam_layer_gradient(model, x, target)
         g2 = g * g
         alpha = g2 / (2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g2 * g + GPP_EPS)
         alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))

@@ -43,17 +43,23 @@ def _decompositions():
     return table
 
 
-def gradcam_fn(model: nn.Module):
+def cam_layer_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
+    """(activations at the model's CAM layer, the target logits' gradient there, the logits): what every CAM
+    method starts from."""
     layer = model.cam_layer
+    act = model.forward_to(x, layer)
 
+    def score(a):
+        logits = model.forward_from(a, layer)
+        return logits.gather(1, target[:, None]).sum(), logits
+
+    grad, logits = torch.func.grad(score, has_aux=True)(act)
+    return act, grad, logits
+
+
+def gradcam_fn(model: nn.Module):
     def cam(x: torch.Tensor, target: torch.Tensor):
-        act = model.forward_to(x, layer)
-
-        def score(a):
-            logits = model.forward_from(a, layer)
-            return logits.gather(1, target[:, None]).sum(), logits
-
-        grad, logits = torch.func.grad(score, has_aux=True)(act)
+        act, grad, logits = cam_layer_gradient(model, x, target)
         weights = grad.mean(dim=(2, 3), keepdim=True)
         maps = F.relu((weights * act).sum(dim=1, keepdim=True))
         return F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0], logits
