@@ -75,21 +75,16 @@ def stop_server(proc) -> int:
         raise
 
 
-def signal_under_load(proc, address: str, sig: str = "SIGTERM", grace: float = 10.0) -> None:
-    """32 clients, each on its own connection (with several workers: on all of them), send batch-1 v2
-    ModelInfer calls to lenet in a closed loop; the signal comes while their calls are in flight. Every
-    call sent before it is answered OK, later ones OK or UNAVAILABLE, none CANCELLED; health goes
-    NOT_SERVING and then away; the server exits 0 within the grace period."""
+def closed_loop(address: str, clients: int, calls: list, lock) -> list[threading.Thread]:
+    """``clients`` threads, each on its own connection, send v2 ModelInfer calls of one image to lenet until
+    one fails; each call is recorded in ``calls`` as (sent, answered, status name). The threads, started."""
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
     from tritonclient.grpc import service_pb2 as tpb  # our v2 stubs and tritonclient's share names: raw bytes
     request = tpb.ModelInferRequest(model_name="lenet", inputs=[tpb.ModelInferRequest.InferInputTensor(
         name="input", datatype="FP32", shape=[1, 1, 28, 28])], raw_input_contents=[bytes(784 * 4)],
         outputs=[tpb.ModelInferRequest.InferRequestedOutputTensor(name="logits")]).SerializeToString()
-    calls, health, lock = [], [], threading.Lock()  # calls: (sent, answered, status), time.monotonic()
-    sent_signal = threading.Event()
 
-    def worker(k):
+    def client(k):
         options = [("grpc.use_local_subchannel_pool", 1), ("test.client", k)]  # a connection of its own
         with grpc.insecure_channel(address, options=options) as ch:
             infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
@@ -103,6 +98,21 @@ def signal_under_load(proc, address: str, sig: str = "SIGTERM", grace: float = 1
                     calls.append((t0, time.monotonic(), status))
                 if status != "OK":
                     return
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for th in threads:
+        th.start()
+    return threads
+
+
+def signal_under_load(proc, address: str, sig: str = "SIGTERM", grace: float = 10.0) -> None:
+    """32 clients, each on its own connection (with several workers: on all of them), send batch-1 v2
+    ModelInfer calls to lenet in a closed loop; the signal comes while their calls are in flight. Every
+    call sent before it is answered OK, later ones OK or UNAVAILABLE, none CANCELLED; health goes
+    NOT_SERVING and then away; the server exits 0 within the grace period."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    calls, health, lock = [], [], threading.Lock()  # calls: (sent, answered, status), time.monotonic()
+    sent_signal = threading.Event()
 
     def watch_health():
         with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
@@ -117,10 +127,9 @@ def signal_under_load(proc, address: str, sig: str = "SIGTERM", grace: float = 1
                         return
                 time.sleep(0.005)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(32)]
+    threads = closed_loop(address, 32, calls, lock)
     threads.append(threading.Thread(target=watch_health))
-    for t in threads:
-        t.start()
+    threads[-1].start()
     time.sleep(4)
     with lock:  # no call is recorded meanwhile: every call sent before `at` is in `calls` or in flight
         at = time.monotonic()

@@ -499,18 +499,13 @@ def test_deadline_behind_a_busy_queue(repository, images):
 def test_tls_and_full_queue(repository, images, tmp_path):
     """A second server: TLS on, one queued request per graph (concurrent calls are refused at once),
     a 1 MiB message limit."""
-    import shutil
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from serving._generated.glassbox.v1 import glassbox_pb2 as pb
     from serving._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    from tests.helpers.tls import self_signed
+    cert, key = self_signed(tmp_path)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "--repository", str(repository),
                              "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from serving.client import GlassboxClient, ServerUnavailable, addresses
-from tests.helpers.server import free_port, signal_under_load, start_server, stop_server
+from tests.helpers.server import closed_loop, free_port, signal_under_load, start_server, stop_server
 
 
 def children(pid: int) -> list[int]:
@@ -161,34 +161,6 @@ def run(self, *args, **kwargs):
     return _run(self, *args, **kwargs)
 onnxruntime.InferenceSession.run = run
 """
-
-
-def closed_loop(address: str, clients: int, calls: list, lock) -> list[threading.Thread]:
-    """``clients`` threads, each on its own connection, send v2 ModelInfer calls of one image to lenet until
-    one fails; each call is recorded as (sent, answered, status name)."""
-    import grpc
-    from tritonclient.grpc import service_pb2 as tpb  # our v2 stubs and tritonclient's share names: raw bytes
-    request = tpb.ModelInferRequest(model_name="lenet", inputs=[tpb.ModelInferRequest.InferInputTensor(
-        name="input", datatype="FP32", shape=[1, 1, 28, 28])], raw_input_contents=[bytes(784 * 4)]).SerializeToString()
-
-    def client(k):
-        options = [("grpc.use_local_subchannel_pool", 1), ("test.client", k)]  # a connection of its own
-        with grpc.insecure_channel(address, options=options) as ch:
-            infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
-            while True:
-                t0 = time.monotonic()
-                try:
-                    status = "OK" if len(infer(request, timeout=30)) > 40 else "SHORT REPLY"
-                except grpc.RpcError as e:
-                    status = e.code().name
-                with lock:
-                    calls.append((t0, time.monotonic(), status))
-                if status != "OK":
-                    return
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for th in threads:
-        th.start()
-    return threads
 
 
 def test_a_worker_killed_under_load_its_sibling_answers_what_it_holds(repository, tmp_path):
