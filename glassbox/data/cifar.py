@@ -42,7 +42,8 @@ def _unpickle(data: bytes, where: str) -> dict:
     try:
         d = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as e:  # UnpicklingError, EOFError (truncated), ValueError, ...
-        raise DatasetCorrupt(f"{where}: not a CIFAR-10 python pickle ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())  # one line: some unpickling errors span two
+        raise DatasetCorrupt(f"{where}: not a CIFAR-10 python pickle ({type(e).__name__}: {detail})") from None
     if not isinstance(d, dict):
         raise DatasetCorrupt(f"{where}: not a CIFAR-10 python pickle (a {type(d).__name__}, not a dict)")
     return d

@@ -180,3 +180,18 @@ def test_any_npz_is_data_or_dataset_corrupt(scratch, case):
     # Never an exception: a miss (None) or arrays. (A damaged member *name* in the zip directory is not
     # covered by its CRCs, so the arrays may come back under other names: the caller decodes again then.)
     assert got is None or all(isinstance(v, np.ndarray) for v in got.values())
+
+
+def test_a_pickle_error_that_spans_two_lines_is_one_line(scratch):
+    """Found by the property above: pickle's persistent-id error message holds a newline."""
+    d = scratch / "cifar-10-batches-py"
+    if not (d / "batches.meta").exists():
+        write_cifar_pickles(d, per_batch=1)
+    (d / "test_batch").write_bytes(b"P\x00.")  # a persistent id with no persistent_load
+    try:
+        cifar.load_pickles(d, "test")
+    except DatasetCorrupt as e:
+        corrupt_names(d / "test_batch", e)
+        assert "persistent" in str(e)
+    else:
+        raise AssertionError("a persistent-id pickle was read as data")
