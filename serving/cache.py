@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .configs import parse_config
+
 ENTRY_OVERHEAD = 256  # bytes counted per entry beyond its arrays: key, dict and array headers
-_ENABLED = re.compile(r"response_cache\s*\{[^}]*\benable\s*:\s*true\b", re.IGNORECASE)
-
-
 class CacheConfigError(ValueError):
     """A ``--cache-config`` value that cannot be used; the CLI prints it as one line."""
 
@@ -59,8 +57,8 @@ def parse_cache_config(text: str) -> CacheConfig:
 def enabled_in(config_pbtxt: Path) -> bool:
     """Whether a graph's ``config.pbtxt`` asks for the response cache (``response_cache { enable: true }``)."""
     try:
-        return bool(_ENABLED.search(Path(config_pbtxt).read_text()))
-    except OSError:
+        return parse_config(Path(config_pbtxt)).response_cache.enable
+    except (OSError, ValueError):  # unreadable or unparseable: the loader has refused such a version already
         return False
 
 

@@ -128,13 +128,13 @@ class ModelControl:
 
     async def _sync(self, name: str) -> None:
         """Load what the policy wants and is not loaded, then retire what it no longer wants (under the lock)."""
-        wanted, disk = self.repo.plan(name)
+        wanted, disk, policy = self.repo.plan(name)
         for version, path in wanted.items():
             current = self.repo.models.get(name, {}).get(version)
             if current is None or current.state in (UNAVAILABLE, FAILED):
                 await self._load(name, version, path)
         # Only now retire: "latest" always has a READY version while a new one loads.
-        outside = f"outside the version policy ({self.repo.policy(name)})"
+        outside = f"outside the version policy ({policy})"  # config.pbtxt read once per sync
         for version, m in list(self.repo.models.get(name, {}).items()):
             if version not in disk:
                 if m.state == READY:

@@ -71,14 +71,14 @@ class Repository:
             self.config_errors[name] = str(e)
         return self.policies.get(name, VersionPolicy())
 
-    def plan(self, name: str) -> tuple[dict[int, Path], dict[int, Path]]:
-        """(wanted, on_disk): the versions the policy serves out of those on disk that are not known to fail."""
+    def plan(self, name: str) -> tuple[dict[int, Path], dict[int, Path], VersionPolicy]:
+        """(wanted, on_disk, policy): the versions the policy serves out of those on disk not known to fail."""
         disk = self.on_disk(name)
         known = self.models.get(name, {})
         candidates = [v for v, p in disk.items()
                       if not (v in known and known[v].state == FAILED and known[v].signature == signature(p))]
-        wanted = self.policy(name).select(candidates)
-        return {v: disk[v] for v in sorted(wanted)}, disk
+        policy = self.policy(name)
+        return {v: disk[v] for v in sorted(policy.select(candidates))}, disk, policy
 
     # --- state
 
