@@ -1,13 +1,14 @@
-"""What the weights' moving average (training/ema.py, torch's AveragedModel) costs per training step.
+"""What the weights' moving average costs per training step: training/ema.py against torch's AveragedModel.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ema_update.py
     .venv/bin/python benchmarks/ema_update.py --models resnet,speednet --batch 128
 
 For each model, in interleaved rounds (best of ``--rounds``): ``EMA.update`` (what the optimizer's
-post-step hook runs), the floor any average must pay (one ``torch._foreach_lerp_`` over lists of the
-parameters and floating buffers gathered once, no module walk), and one training step (forward,
-backward, AdamW) on random images at ``--batch``. Prints each in microseconds and the update's cost
-over the floor as a share of the step: the hot-path price of the library's module walk.
+post-step hook runs), the same average through ``torch.optim.swa_utils.AveragedModel`` (the library
+training/ema.py does not use, with the same rule as its ``multi_avg_fn``), the floor any average must
+pay (one ``torch._foreach_lerp_`` over lists of the parameters and floating buffers gathered once, no
+module walk), and one training step (forward, backward, AdamW) on random images at ``--batch``.
+Prints each in microseconds and each update's cost over the floor as a share of the step.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from training.allocator import tune_allocator
 from training.ema import EMA
@@ -31,10 +33,22 @@ def mean_us(fn, repeats: int) -> float:
     return (time.perf_counter() - t) / repeats * 1e6
 
 
+def library_ema(model, decay: float) -> AveragedModel:
+    """The same warm-up average as training/ema.py, through torch's AveragedModel."""
+    def average(averaged, current, n):
+        if averaged[0].is_floating_point():
+            steps = int(n)  # n_averaged counts the starting copy: n is the step being added
+            torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + steps) / (10 + steps)))
+        else:
+            torch._foreach_copy_(averaged, current)
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+
+
 def measure(name: str, batch: int, rounds: int) -> dict:
     args, chans, size = MODELS[name]
     model = create_model(name, in_chans=chans, **args).to(memory_format=torch.channels_last)
     ema = EMA(model, 0.999)
+    lib = library_ema(model, 0.999)
     averaged = [t for t in [*ema.module.parameters(), *ema.module.buffers()] if t.is_floating_point()]
     current = [t.detach() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -46,9 +60,10 @@ def measure(name: str, batch: int, rounds: int) -> dict:
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    best = {"update": float("inf"), "floor": float("inf"), "step": float("inf")}
+    best = {"update": float("inf"), "library": float("inf"), "floor": float("inf"), "step": float("inf")}
     for _ in range(rounds):
         best["update"] = min(best["update"], mean_us(lambda: ema.update(model), 50))
+        best["library"] = min(best["library"], mean_us(lambda: lib.update_parameters(model), 50))
         best["floor"] = min(best["floor"], mean_us(lambda: torch._foreach_lerp_(averaged, current, 1e-3), 50))
         best["step"] = min(best["step"], mean_us(step, 3))
     return best
@@ -62,11 +77,13 @@ def main() -> None:
     a = ap.parse_args()
     tune_allocator()  # as fit() runs
     print(f"threads {torch.get_num_threads()}, batch {a.batch}, best of {a.rounds} rounds")
-    print(f"{'model':10s} {'update us':>10s} {'floor us':>9s} {'step us':>10s} {'overhead/step':>14s}")
+    print(f"{'model':10s} {'ema.py us':>10s} {'library us':>11s} {'floor us':>9s} {'step us':>10s} "
+          f"{'ema.py/step':>12s} {'library/step':>13s}")
     for name in a.models.split(","):
         b = measure(name, a.batch, a.rounds)
-        share = (b["update"] - b["floor"]) / b["step"]
-        print(f"{name:10s} {b['update']:10.0f} {b['floor']:9.0f} {b['step']:10.0f} {share:14.2%}")
+        mine, lib = ((b[k] - b["floor"]) / b["step"] for k in ("update", "library"))
+        print(f"{name:10s} {b['update']:10.0f} {b['library']:11.0f} {b['floor']:9.0f} {b['step']:10.0f} "
+              f"{mine:12.2%} {lib:13.2%}")
 
 
 if __name__ == "__main__":

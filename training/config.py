@@ -109,6 +109,10 @@ def _check_combinations(cfg: dict) -> None:
     if cfg["precision"] == "bf16" and cfg["task"] == "vae" and lc["vae_recon"] == "bce":
         raise ConfigError("precision bf16 cannot train a VAE with the bce reconstruction loss (CUDA autocast refuses "
                           "binary_cross_entropy); use loss.vae_recon mse or l1, or precision fp32")
+    from .export.explain import METHODS
+    explain = cfg["explain"]
+    if not isinstance(explain, list) or (unknown := [m for m in explain if m not in METHODS]):
+        raise ConfigError(f"explain must be a list of methods from {', '.join(METHODS)}, got {explain!r}")
     if unknown := sorted(set(cfg.get("analysis") or {}) - set(ANALYSIS_KEYS)):
         raise ConfigError(f"unknown analysis keys {', '.join(unknown)}; known: {', '.join(ANALYSIS_KEYS)}")
 

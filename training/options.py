@@ -127,6 +127,10 @@ OPTIONS: tuple[Option, ...] = (
            type=int),
     Option("early_stopping.min_delta", 0.0, "Early stopping: the least change that counts as an improvement."),
     Option("export", True, "train-all exports the run (false: it does not)."),
+    Option("explain", ["gradcam"], "Explanation graphs the exported classifier carries: gradcam, gradcampp, "
+           "saliency, ig, smoothgrad (training/export/explain.py); export --explain overrides it.", type=str),
+    Option("explain_randomized", False, "The export also publishes <name>-randomized, the classifier with every "
+           "layer re-initialised, for the model-randomisation check of its explanations."),
     Option("quantize", "none", "int8: the export also publishes <name>-int8 if it passes the INT8 gates "
            "(training/export/quantize.py); a refused variant is a warning, not a failed run.",
            choices=("none", "int8")),

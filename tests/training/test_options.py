@@ -97,6 +97,9 @@ def test_set_reaches_options_without_a_flag(resolved):
     ({"loss": {"logit_adjust": float("nan")}}, "loss.logit_adjust must be >= 0"),
     ({"loss": {"mse_on": "probs"}}, "unknown loss.mse_on 'probs'; choose from logits, softmax"),
     ({"method": "svm"}, "unknown method 'svm'; choose from engine, lda"),
+    ({"explain": ["gradcam", "lime"]}, "explain must be a list of methods from gradcam, gradcampp, saliency, ig, "
+                                       "smoothgrad, got \\['gradcam', 'lime'\\]"),
+    ({"explain": "gradcam"}, "explain must be a list of methods"),
 ])
 def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(run, says):
     with pytest.raises(ConfigError, match=says):

@@ -19,6 +19,7 @@ from glassbox.data import DatasetNotFound, load_dataset, preprocess, random_subs
 from glassbox.io import sha256
 
 from ..checkpoint import model_from_checkpoint
+from ..options import DEFAULTS
 from . import parity
 from .explain import noise_std
 from .explain_export import RANDOMIZED_IMAGES, check_methods, export_explanations, randomized_copy
@@ -28,7 +29,6 @@ from .pbtxt import write_triton_configs
 from .repository import publish, staging
 
 MAX_BATCH_SIZE = 256
-DEFAULT_EXPLAIN = ("gradcam",)  # the methods a classifier carries when neither config nor caller names any
 
 
 @dataclass
@@ -181,7 +181,7 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
         graphs = build(model, tmp, x, name, record, batch_sizes)
         section, rows = None, []
         if model.task == "classifier":
-            methods = check_methods(explain if explain is not None else config.get("explain", DEFAULT_EXPLAIN),
+            methods = check_methods(explain if explain is not None else config.get("explain", DEFAULTS["explain"]),
                                     model.cam_layer)
             if methods:
                 more, section, rows = export_explanations(model, tmp, x, name, methods, record, std=noise_std(spec))
@@ -202,7 +202,9 @@ def export_model(model: torch.nn.Module, config: dict, repository="exported", na
         }
         version, path = publish(tmp, manifest)
     manifest = json.loads((path / "manifest.json").read_text())
-    if section and (randomized if randomized is not None else config.get("explain_randomized", False)):
+    if randomized is None:
+        randomized = config.get("explain_randomized", DEFAULTS["explain_randomized"])
+    if section and randomized:
         export_model(randomized_copy(model), config, repository, f"{name}-randomized", images=raw[:RANDOMIZED_IMAGES],
                      batch_sizes=batch_sizes, explain=section["methods"], randomized=False,
                      randomized_of={"name": name, "version": version})
