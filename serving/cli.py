@@ -16,6 +16,7 @@ import sys
 import click
 
 from .errors import StartupError
+from .memory import limit_arenas
 from .server import ServerOptions, serve
 
 D = ServerOptions()  # the defaults, defined once
@@ -90,6 +91,7 @@ def main(log_level, workers, worker_fd, worker_index, **flags):
     who = f"[worker {worker_index}]" if worker_fd is not None else ""
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s")
     options = ServerOptions(**flags)
+    limit_arenas()  # before the sessions' and batchers' threads start (serving/memory.py says why)
     try:
         if worker_fd is not None:
             from .workers import ParentLink

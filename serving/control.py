@@ -15,13 +15,12 @@ number) is FAILED with its reason, one log line and a metric; the versions alrea
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import time
 
 from .errors import FailedPrecondition, NotFound
 from .loader import FAILED, LOADING, READY, UNAVAILABLE, UNLOADING, Model, load_model, signature
+from .memory import free_memory
 from .repository import Repository
 
 log = logging.getLogger("glassbox.serving")
@@ -176,12 +175,3 @@ class ModelControl:
         log.info("%s v%d unloaded (%s)", m.name, m.version, reason)
         if self.metrics:
             self.metrics.model_unloaded(m.name, m.version)
-
-
-def free_memory() -> None:
-    """Collect the dropped sessions and hand glibc's free pages back to the OS, so an unload shows in the RSS."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
