@@ -38,9 +38,11 @@ browser:
 demo: setup
 	scripts/demo.sh
 
+# The suite runs in up to 4 pytest-xdist workers (one per CPU); a test file stays on one worker, so its module
+# fixtures are built once, and the session fixtures are built once for all (tests/helpers/shared.py).
 test: setup browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile
 
 # The suite's strength, measured (slow: not part of `make test`). mutation: mutmut on the modules that
 # guard correctness against their fast unit tests ([tool.mutmut] in pyproject.toml), killed/total per

@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers.paths import FMNIST_DIR, SHARED_DATA
 from tests.helpers.server import start_server, stop_server
+from tests.helpers.shared import built_once
 
 
 @pytest.fixture(scope="session")
@@ -29,29 +30,32 @@ def trained_runs(tmp_path_factory, fmnist_dir):
     """A briefly trained lenet, mlp and cvae on real Fashion-MNIST (a few seconds each)."""
     from training.config import resolve_config
     from training.engine import fit
-    root = tmp_path_factory.mktemp("runs")
     data = {"name": "fashion-mnist", "data_dir": str(fmnist_dir), "subset": 12000}
     runs = {"lenet": {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.003}},
             "mlp": {"epochs": 1},
             "cvae": {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.002, "weight_decay": 0.0}}}
-    for name, over in runs.items():
-        fit(resolve_config({"model": name, "dataset": data, **over}), root / name, progress=False, log=lambda *_: None)
-    return root
+
+    def build(root):
+        for name, over in runs.items():
+            fit(resolve_config({"model": name, "dataset": data, **over}), root / name, progress=False,
+                log=lambda *_: None)
+    return built_once(tmp_path_factory, "runs", build)
 
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, trained_runs, fmnist_dir):
     """exported/ with lenet, mlp, cvae and a deliberately corrupted copy of lenet ("broken")."""
     from training.export import export_checkpoint
-    repo = tmp_path_factory.mktemp("exported")
-    for name in ("lenet", "mlp", "cvae"):
-        export_checkpoint(trained_runs / name / "best.pt", repo, parity_images=64, data_dir=fmnist_dir)
-    shutil.copytree(repo / "lenet", repo / "broken")
-    onnx_file = repo / "broken" / "1" / "classifier.onnx"
-    data = bytearray(onnx_file.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    onnx_file.write_bytes(bytes(data))
-    return repo
+
+    def build(repo):
+        for name in ("lenet", "mlp", "cvae"):
+            export_checkpoint(trained_runs / name / "best.pt", repo, parity_images=64, data_dir=fmnist_dir)
+        shutil.copytree(repo / "lenet", repo / "broken")
+        onnx_file = repo / "broken" / "1" / "classifier.onnx"
+        data = bytearray(onnx_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        onnx_file.write_bytes(bytes(data))
+    return built_once(tmp_path_factory, "exported", build)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +72,6 @@ def explain_repository(tmp_path_factory, trained_runs, fmnist_dir):
     (its re-initialised copy), each gated against pytorch-grad-cam and Captum on 64 test images."""
     from training.export import export_checkpoint
     from training.export.explain import METHODS
-    repo = tmp_path_factory.mktemp("explained")
-    export_checkpoint(trained_runs / "lenet" / "best.pt", repo, parity_images=64, data_dir=fmnist_dir,
-                      explain=list(METHODS), randomized=True)
-    return repo
+    return built_once(tmp_path_factory, "explained", lambda repo: export_checkpoint(
+        trained_runs / "lenet" / "best.pt", repo, parity_images=64, data_dir=fmnist_dir, explain=list(METHODS),
+        randomized=True))

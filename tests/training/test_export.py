@@ -44,6 +44,10 @@ _TRAINED: dict[str, torch.nn.Module] = {}
 # takes seconds here, and its Grad-CAM graph at batch 1 about as long per image.
 _SHORTER = {"resnet50": (2, 8)}
 PARITY_IMAGES = {"resnet50": 16}
+# Constructor arguments that keep every module type and the graph's shape but shrink the work: ResNet-50 with
+# one Bottleneck per stage and narrow groups exports the same torchvision modules (the full network passes
+# too, in about a minute more; tests/training/test_longtail.py checks its shapes and layers).
+_ARGS = {"resnet50": {"blocks": [1, 1, 1, 1], "width_per_group": 16}}
 
 
 def briefly_trained(name: str, fmnist_test, fmnist_dir, steps: int = 6, batch: int = 16) -> torch.nn.Module:
@@ -55,7 +59,7 @@ def briefly_trained(name: str, fmnist_test, fmnist_dir, steps: int = 6, batch: i
         from training.engine import compute_loss
         steps, batch = _SHORTER.get(name, (steps, batch))
         torch.manual_seed(0)
-        model = create_model(name)
+        model = create_model(name, **_ARGS.get(name, {}))
         cfg = resolve_config({"model": name})
         spec = config_for(model, fmnist_dir)["dataset"]
         x = torch.from_numpy(preprocess(fmnist_test.images[-steps * batch:], spec))
