@@ -2,7 +2,9 @@
 
 The batcher coroutine takes every job queued (up to ``max_batch`` images), runs them as one batch
 in a worker thread (onnxruntime releases the GIL), and meanwhile the event loop keeps accepting
-requests, which form the next batch. Batches expected to take under ``INLINE_MS`` run on the loop
+requests, which form the next batch. With ``instances`` above 1 (Triton's instance_group count, from the
+graph) up to that many batches run at once, each on a thread of its own; jobs are taken only when an
+instance is free, so arrivals during the runs still merge. Batches expected to take under ``INLINE_MS`` run on the loop
 itself: for a graph like LeNet the thread hand-off costs more than the run. ``max_delay``
 optionally waits a little for more work, adaptively: only under concurrent load (several
 requests queued, or the previous batch merged several), never for a lone request. Jobs ask for
@@ -49,7 +51,11 @@ class Batcher:
         self.metrics = metrics
         self.queue: collections.deque[Job] = collections.deque()
         self.wake = asyncio.Event()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{graph.triton_name}")
+        # Triton's instance_group count: up to this many batches run at once, each on a thread of its own.
+        self.instances = max(1, int(getattr(graph, "instances", 1)))
+        self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"ort-{graph.triton_name}")
+        self.free = asyncio.Semaphore(self.instances)  # instances not running a batch
+        self.running: set[asyncio.Task] = set()        # batches on the executor
         self.task: asyncio.Task | None = None
         self.last_jobs = 0  # requests merged into the previous batch
         # Batches this small run on the event loop itself: handing a few-microsecond run to the
@@ -68,8 +74,9 @@ class Batcher:
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
+        for t in [self.task, *self.running]:
+            if t is not None:
+                t.cancel()
         self.executor.shutdown(wait=False)
 
     def depth(self) -> int:
@@ -110,12 +117,14 @@ class Batcher:
             self.drop_counters[reason].inc()
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self.queue:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            # Jobs are taken only once an instance is free: while every instance runs, arrivals queue up
+            # and form the next batch.
+            await self.free.acquire()
             # Adaptive delay: a lone request on an idle server runs at once (no added latency);
             # under concurrent load (several queued, or the last batch merged several) wait up to
             # max_delay for a fuller batch.
@@ -126,36 +135,66 @@ class Batcher:
             if self.gauge is not None:
                 self.gauge.set(len(self.queue))
             if not jobs:
+                self.free.release()
                 continue
             self.last_jobs = len(jobs)
-            t_in = time.perf_counter_ns()
-            outputs = list(dict.fromkeys(o for j in jobs for o in j.outputs))
-            names = jobs[0].feeds.keys()
-            feeds = jobs[0].feeds if len(jobs) == 1 else {k: np.concatenate([j.feeds[k] for j in jobs]) for k in names}
-            n = sum(j.n for j in jobs)
-            t_run = time.perf_counter_ns()
-            try:
-                if n <= self.inline_images:
-                    results = self.graph.run_small(outputs, feeds)
-                else:
-                    results = await loop.run_in_executor(self.executor, self.graph.run, outputs, feeds)
-            except Exception as e:  # onnxruntime failure: every job of the batch gets it
-                log.exception("%s: batch of %d failed", self.graph.triton_name, n)
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
-            t_out = time.perf_counter_ns()
-            if self.sizes is not None:
-                self.sizes.observe(n)
-                for j in jobs:
-                    self.queue_times.observe((t_in - j.queued_ns) / 1e9)
-            by_name = dict(zip(outputs, results, strict=True))
-            start = 0
+            batch = self._merge(jobs)
+            if batch[3] <= self.inline_images:
+                self._run_inline(jobs, *batch)
+            else:
+                task = asyncio.get_running_loop().create_task(self._run_on_instance(jobs, *batch))
+                self.running.add(task)
+                task.add_done_callback(self.running.discard)
+
+    def _merge(self, jobs: list[Job]) -> tuple:
+        """(outputs, feeds, t_in, images) of one batch: the union of the jobs' outputs, their feeds concatenated."""
+        t_in = time.perf_counter_ns()
+        outputs = list(dict.fromkeys(o for j in jobs for o in j.outputs))
+        names = jobs[0].feeds.keys()
+        feeds = jobs[0].feeds if len(jobs) == 1 else {k: np.concatenate([j.feeds[k] for j in jobs]) for k in names}
+        return outputs, feeds, t_in, sum(j.n for j in jobs)
+
+    def _run_inline(self, jobs: list[Job], outputs, feeds, t_in: int, n: int) -> None:
+        t_run = time.perf_counter_ns()
+        try:
+            results = self.graph.run_small(outputs, feeds)
+        except Exception as e:  # onnxruntime failure: every job of the batch gets it
+            self._fail(jobs, n, e)
+        else:
+            self._finish(jobs, outputs, results, n, t_in, t_run)
+        finally:
+            self.free.release()
+
+    async def _run_on_instance(self, jobs: list[Job], outputs, feeds, t_in: int, n: int) -> None:
+        t_run = time.perf_counter_ns()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.graph.run, outputs, feeds)
+        except Exception as e:  # onnxruntime failure: every job of the batch gets it
+            self._fail(jobs, n, e)
+        else:
+            self._finish(jobs, outputs, results, n, t_in, t_run)
+        finally:
+            self.free.release()
+
+    def _fail(self, jobs: list[Job], n: int, e: Exception) -> None:
+        log.error("%s: batch of %d failed", self.graph.triton_name, n, exc_info=e)
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_exception(e)
+
+    def _finish(self, jobs: list[Job], outputs, results, n: int, t_in: int, t_run: int) -> None:
+        """Each job gets its rows of the outputs it asked for; the batch's figures are recorded."""
+        t_out = time.perf_counter_ns()
+        if self.sizes is not None:
+            self.sizes.observe(n)
             for j in jobs:
-                if not j.future.done():
-                    j.future.set_result({o: by_name[o][start:start + j.n] for o in j.outputs})
-                start += j.n
-            if self.stats is not None:
-                self.stats.batch([t_in - j.queued_ns for j in jobs], n, t_run - t_in, t_out - t_run,
-                                 time.perf_counter_ns() - t_out)
+                self.queue_times.observe((t_in - j.queued_ns) / 1e9)
+        by_name = dict(zip(outputs, results, strict=True))
+        start = 0
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_result({o: by_name[o][start:start + j.n] for o in j.outputs})
+            start += j.n
+        if self.stats is not None:
+            self.stats.batch([t_in - j.queued_ns for j in jobs], n, t_run - t_in, t_out - t_run,
+                             time.perf_counter_ns() - t_out)

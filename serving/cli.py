@@ -38,10 +38,15 @@ D = ServerOptions()  # the defaults, defined once
                    "form the next batch).")
 @click.option("--max-queue", default=D.max_queue, type=click.IntRange(1),
               help="Requests allowed to wait per graph; beyond it calls get RESOURCE_EXHAUSTED.")
+@click.option("--instances", default=D.instances, type=click.IntRange(0),
+              help="Execution instances per graph: batches of one graph that may run at once, each on its own "
+                   "thread (Triton's instance_group count). 0: the graph's config.pbtxt instance_group, else 1. On "
+                   "CPU, N instances share the cores (intra-op threads: CPUs / N unless given).")
 @click.option("--intra-op-threads", default=D.intra_op_threads, type=click.IntRange(0),
-              help="onnxruntime threads per operator (0: auto - onnxruntime's default, one per core, and for graphs "
-                   "that run batch-1 in under 1 ms a second, one-thread session for the few-image batches, where "
-                   "pool hand-offs cost more than they save).")
+              help="onnxruntime threads per operator (0: auto - with several instances the CPUs shared out among them; "
+                   "with one, onnxruntime's default, one per core, and for graphs that run batch-1 in under 1 ms a "
+                   "second, one-thread session for the few-image batches, where pool hand-offs cost more than they "
+                   "save).")
 @click.option("--inter-op-threads", default=D.inter_op_threads, type=click.IntRange(0),
               help="onnxruntime threads across operators (0: default).")
 @click.option("--device", type=click.Choice(["auto", "cpu"]), default=D.device,

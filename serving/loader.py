@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class Graph:
     batch1_ms: float = float("inf")  # fastest batch-1 run at load (of small_session where there is one)
     small_session: ort.InferenceSession | None = None  # one intra-op thread, for tiny batches of tiny graphs
     stats: Stats = field(default_factory=Stats)  # KServe v2 ModelStatistics of this graph at this version
+    instances: int = 1        # batches the batcher may run at once (Triton's instance_group count)
 
     @property
     def output_names(self) -> list[str]:
@@ -152,7 +154,29 @@ def check_configs(path: Path, manifest: dict) -> None:
         parse_config(path / f"{gname}.config.pbtxt")
 
 
-def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 0) -> Model:
+def cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def placement(config_file: Path, provider: str, instances: int, intra: int) -> tuple[int, int]:
+    """(instances, intra-op threads) of one graph: the ``serve`` flags where given (non-zero), else the graph's
+    ``instance_group`` count in its config.pbtxt, else one instance. On CPU, several instances share the cores
+    out among them unless ``intra`` says otherwise (an instance's pool threads would otherwise wait at every
+    operator's barrier for a core another instance holds)."""
+    if not instances:
+        groups = parse_config(config_file).instance_group
+        instances = sum(g.count or 1 for g in groups) or 1
+    if provider == "CPUExecutionProvider" and instances > 1 and not intra:
+        intra = max(1, cpus() // instances)
+    return instances, intra
+
+
+def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 0,
+               instances: int = 0) -> Model:
     """Load one version directory: READY with its sessions, or FAILED with the reason (logged, never raised)."""
     model = Model(path.parent.name, int(path.name), path, directory=path.name, signature=signature(path))
     try:
@@ -163,24 +187,29 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
         check_configs(path, model.manifest)
         for gname, g in model.manifest["graphs"].items():
             wanted = providers(device, path / g["file"])
-            sess = _session(path / g["file"], wanted, intra_op_threads, inter_op_threads)
+            count, intra = placement(path / f"{gname}.config.pbtxt", wanted[0], instances, intra_op_threads)
+            # One session serves every instance: onnxruntime's run is thread-safe, and with one intra-op
+            # thread each run computes on its caller's thread.
+            sess = _session(path / g["file"], wanted, intra, inter_op_threads)
             # The first runs allocate: do them before the first request. The time tells the batcher
             # which batches are small enough to run without a thread hand-off.
             batch1_ms, small = _warm_ms(sess, g["inputs"]), None
-            if intra_op_threads == 0 and wanted[0] == "CPUExecutionProvider" and batch1_ms < SMALL_GRAPH_MS:
+            if intra == 0 and wanted[0] == "CPUExecutionProvider" and batch1_ms < SMALL_GRAPH_MS:
                 # For a graph this small, a few-image batch spends more on handing work to pool
                 # threads and waking them than it saves: those run on a one-thread session, large
                 # batches keep the pool (ResNet-sized graphs run 256 images ~1.8x faster on 2 cores).
                 small = _session(path / g["file"], wanted, 1, inter_op_threads)
                 batch1_ms = _warm_ms(small, g["inputs"])
             model.graphs[gname] = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"],
-                                        int(model.manifest.get("max_batch_size", 256)), batch1_ms, small)
+                                        int(model.manifest.get("max_batch_size", 256)), batch1_ms, small,
+                                        instances=count)
         used = {g.session.get_providers()[0] for g in model.graphs.values()}
         model.provider = ",".join(sorted(used))
         if wanted[0] not in used:  # say so loudly: a silent fall-back to CPU is a classic complaint
             log.warning("%s/%s: wanted %s but runs on %s", model.name, model.version, wanted[0], model.provider)
         log.info("loaded %s/%s on %s: %s", model.name, model.version, model.provider, ", ".join(
-            f"{g.name} ({g.batch1_ms:.2f} ms at batch 1{', small batches on 1 thread' if g.small_session else ''})"
+            f"{g.name} ({g.batch1_ms:.2f} ms at batch 1, {g.instances} instance{'s' * (g.instances > 1)}"
+            f"{', small batches on 1 thread' if g.small_session else ''})"
             for g in model.graphs.values()))
         model.state = READY
     except Exception as e:  # any failure: not served, reason kept for ListModels

@@ -565,3 +565,55 @@ def test_each_batch_reports_its_queue_input_infer_and_output_times():
     assert 20e6 <= infer_ns < elapsed
     assert 0 <= input_ns < 20e6 and 0 <= output_ns < 20e6
     assert input_ns + infer_ns + output_ns < elapsed
+
+
+class BarrierGraph(Graph):
+    """Each run waits at a barrier of ``parties`` runs: it returns only if that many run at the same time."""
+
+    def __init__(self, parties, timeout=2.0):
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=timeout)
+
+    def run(self, outputs, feeds):
+        self.barrier.wait()  # BrokenBarrierError when fewer batches run at once
+        return self._run("run", outputs, feeds)
+
+
+@pytest.mark.parametrize("instances", [2, 3])
+def test_instances_run_that_many_batches_at_once_and_no_more(instances):
+    """With instance_group count N, N batches run on N threads at once (a barrier of N releases them); while
+    they run, further arrivals wait in the queue and then merge into one batch."""
+    g = BarrierGraph(instances)
+    g.instances = instances
+
+    async def scenario():
+        b = Batcher(g, max_batch=1)  # one image a batch: each queued job is a batch of its own
+        first = await start_with_queued(b, [(k, 1) for k in range(instances)])
+        b.max_batch = 8
+        g.barrier = threading.Barrier(1)  # from here on each run passes alone
+        later = [asyncio.ensure_future(b.submit(rows(10 + k, 1), ["y"], 1, None)) for k in range(3)]
+        got = await asyncio.gather(*later)
+        await b.stop()
+        return first, got
+
+    first, later = run(scenario)
+    assert [r[1] for r in g.runs[:instances]] == [1] * instances
+    assert len({r[2] for r in g.runs[:instances]}) == instances  # each on its own thread
+    assert [f["y"].tolist() for f in first] == [[[2 * k] * 2] for k in range(instances)]
+    assert [f["y"].tolist() for f in later] == [[[2 * (10 + k)] * 2] for k in range(3)]
+    assert [r[1] for r in g.runs[instances:]] == [3]  # queued together, merged into one batch
+
+
+def test_one_instance_never_runs_two_batches_at_once():
+    """The default: a second batch starts only after the first returned (a barrier of 2 would break)."""
+    g = BarrierGraph(2, timeout=0.5)
+    g.instances = 1
+
+    async def scenario():
+        b = Batcher(g, max_batch=1)
+        got = await start_with_queued(b, [(1, 1), (2, 1)], return_exceptions=True)
+        await b.stop()
+        return got
+
+    got = run(scenario)
+    assert all(isinstance(x, threading.BrokenBarrierError) for x in got), got

@@ -83,3 +83,33 @@ def test_several_versions_newest_served_and_device_fallback(repository, tmp_path
              f"assert load_model(Path({v2_dir!r}), device='cpu').provider == 'CPUExecutionProvider'\n")
     r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_instance_group_sets_the_instances_and_shares_out_the_cores(repository, tmp_path, monkeypatch):
+    """A graph's config.pbtxt ``instance_group [{ count: 2, kind: KIND_CPU }]`` loads it with 2 instances whose
+    session has CPUs / 2 intra-op threads; without one, 1 instance and onnxruntime's default; the serve flags
+    override both. Catches a loader that ignores the config or gives each instance every core."""
+    from serving import loader
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "lenet" / "1", repo / "lenet" / "1")
+    monkeypatch.setattr(loader, "cpus", lambda: 4)
+    plain = loader.load_model(repo / "lenet" / "1", device="cpu")
+    assert plain.ready and plain.graphs["classifier"].instances == 1
+    assert plain.graphs["classifier"].session.get_session_options().intra_op_num_threads == 0
+
+    config = repo / "lenet" / "1" / "classifier.config.pbtxt"
+    config.write_text(config.read_text() + "\ninstance_group [ { count: 2, kind: KIND_CPU } ]\n")
+    from glassbox.io import sha256
+    manifest_file = repo / "lenet" / "1" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"][config.name] = sha256(config)  # the changed config, re-listed as export would
+    manifest_file.write_text(json.dumps(manifest))
+    grouped = loader.load_model(repo / "lenet" / "1", device="cpu")
+    assert grouped.ready, grouped.error
+    g = grouped.graphs["classifier"]
+    assert g.instances == 2 and g.session.get_session_options().intra_op_num_threads == 2
+    assert grouped.graphs["gradcam"].instances == 1  # the other graph's config has no group
+
+    flagged = loader.load_model(repo / "lenet" / "1", device="cpu", instances=4, intra_op_threads=3)
+    assert {(g.instances, g.session.get_session_options().intra_op_num_threads)
+            for g in flagged.graphs.values()} == {(4, 3)}
