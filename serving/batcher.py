@@ -140,9 +140,9 @@ class Batcher:
             self.last_jobs = len(jobs)
             batch = self._merge(jobs)
             if batch[3] <= self.inline_images:
-                self._run_inline(jobs, *batch)
+                await self._run(jobs, *batch, inline=True)
             else:
-                task = asyncio.get_running_loop().create_task(self._run_on_instance(jobs, *batch))
+                task = asyncio.get_running_loop().create_task(self._run(jobs, *batch, inline=False))
                 self.running.add(task)
                 task.add_done_callback(self.running.discard)
 
@@ -154,21 +154,16 @@ class Batcher:
         feeds = jobs[0].feeds if len(jobs) == 1 else {k: np.concatenate([j.feeds[k] for j in jobs]) for k in names}
         return outputs, feeds, t_in, sum(j.n for j in jobs)
 
-    def _run_inline(self, jobs: list[Job], outputs, feeds, t_in: int, n: int) -> None:
+    async def _run(self, jobs: list[Job], outputs, feeds, t_in: int, n: int, inline: bool) -> None:
+        """One batch: on the loop itself (``inline``: a tiny one, awaited in place, never suspends) or on an
+        instance's thread; then its jobs are answered and its instance is free again."""
         t_run = time.perf_counter_ns()
         try:
-            results = self.graph.run_small(outputs, feeds)
-        except Exception as e:  # onnxruntime failure: every job of the batch gets it
-            self._fail(jobs, n, e)
-        else:
-            self._finish(jobs, outputs, results, n, t_in, t_run)
-        finally:
-            self.free.release()
-
-    async def _run_on_instance(self, jobs: list[Job], outputs, feeds, t_in: int, n: int) -> None:
-        t_run = time.perf_counter_ns()
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.graph.run, outputs, feeds)
+            if inline:
+                results = self.graph.run_small(outputs, feeds)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(self.executor, self.graph.run, outputs,
+                                                                           feeds)
         except Exception as e:  # onnxruntime failure: every job of the batch gets it
             self._fail(jobs, n, e)
         else:

@@ -26,6 +26,8 @@ import numpy as np
 from .configs import parse_config
 
 ENTRY_OVERHEAD = 256  # bytes counted per entry beyond its arrays: key, dict and array headers
+
+
 class CacheConfigError(ValueError):
     """A ``--cache-config`` value that cannot be used; the CLI prints it as one line."""
 
