@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import itertools
 import json
 import os
 import resource
@@ -70,6 +71,11 @@ def export_models(repo: Path, names: list[str]) -> None:
         print(f"exported {name} in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
+# The number each distinct request carries: shared by every drive() of the process, so that a server driven
+# again (serve_breakdown.cache_points' rounds) never sees an input it has cached before.
+DISTINCT = itertools.count()
+
+
 def in_process(path: Path, shape, batch: int, seconds: float) -> float:
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -92,14 +98,13 @@ async def drive(address: str, model: str, shape, concurrency: int, seconds: floa
     from serving._generated.inference import grpc_service_pb2 as pb
     from serving._generated.inference import grpc_service_pb2_grpc as pb_grpc
     base = np.random.default_rng(0).standard_normal((1, *shape[1:])).astype(np.float32).tobytes()
-    counter = iter(range(1 << 30))
 
     def build(raw: bytes):
         return pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
             name="input", datatype="FP32", shape=[1, *shape[1:]])], raw_input_contents=[raw],
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")])
     same = build(base)
-    request = (lambda: build(struct.pack("<f", float(next(counter))) + base[4:])) if distinct else (lambda: same)
+    request = (lambda: build(struct.pack("<f", float(next(DISTINCT))) + base[4:])) if distinct else (lambda: same)
     lat: list[float] = []
     chans = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1), ("bench.channel", k)])
              for k in range(channels)]  # a connection each
@@ -316,7 +321,7 @@ def main():
             from serve_breakdown import cache_points
             for name in names:
                 got[name, "cache"] = cache_points(a, repo, name, shape_of(repo, name), row, start_server, stop_server,
-                                                  drive)
+                                                  drive, tree_cpu)
         print(f"load: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} (1, 5, 15 min) after measuring")
     if not a.no_floor:
         noop_floor(binary, a.seconds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import time
 
 
 def statistics(address: str, model: str) -> dict | None:
@@ -71,11 +72,12 @@ def client_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cache_points(a, repo, name: str, shape, row, start_server, stop_server, drive, rounds: int = 3) -> dict:
+def cache_points(a, repo, name: str, shape, row, start_server, stop_server, drive, tree_cpu, rounds: int = 4) -> dict:
     """The cache's targets, side by side: a hit's and a miss's p50 at c=1 (cache on), and all-miss c=32
     throughput with the cache on against the cache off (same client, distinct inputs both times). Both
-    servers run at once and are driven in turn, ``rounds`` times each (off, on, off, on, ...): on a machine
-    whose speed drifts, the ratio of neighbouring points is what can be compared; its median is reported."""
+    servers run at once and are driven in turn, ``rounds`` times each in the order off-on, on-off, off-on, ...
+    (a machine whose speed drifts favours neither), each point with its server's CPU per call; the medians
+    of the rounds' ratios are reported."""
     got: dict = {}
     servers = {label: start_server(repo, *extra, *a.server_args.split())
                for label, extra in (("cache off", []), ("cache on", ["--cache-config", "local,size=268435456"]))}
@@ -85,19 +87,26 @@ def cache_points(a, repo, name: str, shape, row, start_server, stop_server, driv
         row(name, "cache on, all miss c=1", *got["miss c=1"])
         got["hit c=1"] = asyncio.run(drive(address, name, shape, 1, a.seconds))
         row(name, "cache on, all hit c=1", *got["hit c=1"])
-        ratios = []
+        rates, cpus = [], []
         for k in range(rounds):
-            for label, (_, address) in servers.items():
-                got[f"{label} c=32", k] = asyncio.run(drive(address, name, shape, 32, a.seconds, a.channels,
-                                                            distinct=True))
-                row(name, f"{label}, all miss c=32 ({k + 1})", *got[f"{label} c=32", k])
-            ratios.append(got["cache on c=32", k][0] / got["cache off c=32", k][0])
+            point = {}
+            for label in (("cache off", "cache on") if k % 2 == 0 else ("cache on", "cache off")):
+                proc, address = servers[label]
+                cpu0, t0 = tree_cpu(proc.pid), time.perf_counter()
+                point[label] = asyncio.run(drive(address, name, shape, 32, a.seconds, a.channels, distinct=True))
+                per_call = (tree_cpu(proc.pid) - cpu0) / (point[label][0] * (time.perf_counter() - t0))
+                point[label, "cpu"] = per_call
+                row(name, f"{label}, all miss c=32 ({k + 1})", *point[label],
+                    extra=f"   server CPU {1e3 * per_call:.2f} ms/call")
+            rates.append(point["cache on"][0] / point["cache off"][0])
+            cpus.append(point["cache on", "cpu"] / point["cache off", "cpu"])
+            got[k] = point
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
-    got["all-miss ratio"] = sorted(ratios)[len(ratios) // 2]
+    got["all-miss ratio"] = sorted(rates)[len(rates) // 2]
     print(f"{name}: hit p50 {got['hit c=1'][1]:.3f} ms vs miss p50 {got['miss c=1'][1]:.3f} ms "
-          f"({got['miss c=1'][1] / got['hit c=1'][1]:.1f}x lower; target 3x); all-miss c=32 with the cache "
-          f"against cache off, round by round: {', '.join(f'{r:.0%}' for r in ratios)}, median "
-          f"{got['all-miss ratio']:.0%} (target 95%)")
+          f"({got['miss c=1'][1] / got['hit c=1'][1]:.1f}x lower; target 3x); all-miss c=32 with the cache against "
+          f"cache off, round by round: {', '.join(f'{r:.0%}' for r in rates)} (median {got['all-miss ratio']:.0%}, "
+          f"target 95%); server CPU per call on/off: {', '.join(f'{r:.0%}' for r in cpus)}")
     return got

@@ -1,0 +1,135 @@
+"""How fast a served model could be on this machine: the CPU a call needs, part by part, and the bound it sets.
+
+    .venv/bin/python benchmarks/serve_ceiling.py --repository R --model resnet [--seconds 6] [--rounds 3]
+
+Batch-1 ModelInfer calls at concurrency 32 from the C++ client (benchmarks/loadgen), with the server, the
+client and onnxruntime sharing this machine's CPUs. Each round measures, in this order and side by side:
+- in-process onnxruntime at batch 32, two threads (the issue's yardstick) and one thread: images/s and
+  CPU per image (process CPU time over images);
+- a no-op grpc.aio server (answers ModelInfer with a pre-serialised reply, nothing parsed, no work):
+  calls/s and the CPU per call of the server and of the client. This is what gRPC in Python costs a call
+  before any model runs;
+- ``serve`` on the model: calls/s, CPU per call of the server and of the client.
+
+The bound: with every CPU busy and nothing idle, a served image costs at least onnxruntime's cheapest CPU
+per image plus the no-op server's and the client's CPU per call, so no server on grpc.aio can exceed
+``CPUs / (that sum)`` images/s here. Printed beside 70% of in-process batch 32 (the issue's target) and the
+served figure. Per-process CPU comes from /proc (user + system).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serve_bench import NOOP, loadgen_binary, tree_cpu  # noqa: E402
+
+from tests.helpers.server import free_port, start_server, stop_server  # noqa: E402
+
+CONCURRENCY = 32
+
+
+def in_process(path: Path, shape, threads: int, seconds: float) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of batch-32 runs in this process."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((32, *shape[1:])).astype(np.float32)
+    sess.run(["logits"], {"input": x})
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(["logits"], {"input": x})
+        n += 32
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n / wall, 1e3 * cpu / n
+
+
+def drive(binary: Path, address: str, model: str, shape, seconds: float, server_pid: int) -> tuple[float, float, float]:
+    """(calls/s, server CPU ms per call, client CPU ms per call) of the C++ client at concurrency 32."""
+    before_s, before_c = tree_cpu(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run([str(binary), address, model, ",".join(map(str, shape[1:])), "logits", str(CONCURRENCY),
+                          str(seconds), "4", "0"], capture_output=True, text=True, check=True).stdout.split()
+    wall = time.perf_counter() - t0
+    after_c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rate = float(out[0])
+    calls = rate * wall  # the client's own figure over its run; its start-up is in wall too (a slight under-count)
+    client = after_c.ru_utime + after_c.ru_stime - before_c.ru_utime - before_c.ru_stime
+    return rate, 1e3 * (tree_cpu(server_pid) - before_s) / calls, 1e3 * client / calls
+
+
+def noop_server() -> tuple[subprocess.Popen, str]:
+    from serving._generated.inference import grpc_service_pb2 as pb
+    reply = pb.ModelInferResponse(model_name="m", outputs=[pb.ModelInferResponse.InferOutputTensor(
+        name="logits", datatype="FP32", shape=[1, 10])], raw_output_contents=[bytes(40)]).SerializeToString()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", NOOP, str(port), reply.hex()])
+    import grpc
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+    return proc, f"127.0.0.1:{port}"
+
+
+def one_round(a, binary: Path, graph: Path, shape) -> dict:
+    r = {}
+    r["ort2"], r["ort2_cpu"] = in_process(graph, shape, 2, a.seconds)
+    r["ort1"], r["ort1_cpu"] = in_process(graph, shape, 1, a.seconds)
+    proc, address = noop_server()
+    try:
+        r["noop"], r["noop_server"], r["noop_client"] = drive(binary, address, a.model, shape, a.seconds, proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    proc, address = start_server(a.repository, "--model-control-mode", "none", *a.server_args.split())
+    try:
+        r["served"], r["served_server"], r["served_client"] = drive(binary, address, a.model, shape, a.seconds,
+                                                                    proc.pid)
+    finally:
+        stop_server(proc)
+    cpus = len(os.sched_getaffinity(0))
+    r["bound"] = 1e3 * cpus / (min(r["ort1_cpu"], r["ort2_cpu"]) + r["noop_server"] + r["noop_client"])  # ms -> /s
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repository", type=Path, required=True, help="model repository holding --model")
+    ap.add_argument("--model", default="resnet", help="a classifier of the repository (its newest version)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="measurement time per point")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every point, side by side")
+    ap.add_argument("--server-args", default="", help="extra serve options, e.g. '--instances 2'")
+    a = ap.parse_args()
+    binary = loadgen_binary()
+    if binary is None:
+        sys.exit("the C++ load generator is needed (benchmarks/loadgen/build.sh)")
+    newest = max((p for p in (a.repository / a.model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    import json
+    shape = json.loads((newest / "manifest.json").read_text())["input"]["shape"]
+    print(f"{len(os.sched_getaffinity(0))} CPUs; load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}; "
+          f"C++ client, batch-1 ModelInfer, concurrency {CONCURRENCY}, 4 connections")
+    print(f"{'round':>5s} {'ort b32 2thr':>13s} {'ort b32 1thr':>13s} {'no-op calls/s':>14s} {'no-op srv/cli':>14s} "
+          f"{'served':>8s} {'served srv/cli':>15s} {'bound':>7s} {'70% of b32':>10s} {'served/b32':>10s}")
+    for k in range(a.rounds):
+        r = one_round(a, binary, newest / "classifier.onnx", shape)
+        print(f"{k + 1:5d} {r['ort2']:6.0f} {r['ort2_cpu']:4.2f}ms {r['ort1']:6.0f} {r['ort1_cpu']:4.2f}ms "
+              f"{r['noop']:14.0f} {r['noop_server']:6.2f}/{r['noop_client']:.2f}ms {r['served']:8.0f} "
+              f"{r['served_server']:7.2f}/{r['served_client']:.2f}ms {r['bound']:7.0f} {0.7 * r['ort2']:10.0f} "
+              f"{r['served'] / r['ort2']:10.0%}", flush=True)
+    print("CPU columns: ms per image (in-process) or per call (server/client). bound (images/s): CPUs / (cheapest "
+          "ort CPU per image + no-op server + client CPU per call); what serve spends per call beyond the no-op "
+          "server and onnxruntime is served srv - no-op srv - cheapest ort.")
+
+
+if __name__ == "__main__":
+    main()
