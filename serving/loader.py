@@ -197,7 +197,7 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
             if intra == 0 and wanted[0] == "CPUExecutionProvider" and batch1_ms < SMALL_GRAPH_MS:
                 # For a graph this small, a few-image batch spends more on handing work to pool
                 # threads and waking them than it saves: those run on a one-thread session, large
-                # batches keep the pool (ResNet-sized graphs run 256 images ~1.8x faster on 2 cores).
+                # batches keep the pool, where the threads pay for themselves.
                 small = _session(path / g["file"], wanted, 1, inter_op_threads)
                 batch1_ms = _warm_ms(small, g["inputs"])
             model.graphs[gname] = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"],
