@@ -164,14 +164,16 @@ onnxruntime.InferenceSession.run = run
 
 
 def test_a_worker_killed_under_load_its_sibling_answers_what_it_holds(repository, tmp_path):
-    """kill -9 of one worker while 16 clients keep calls in flight on both (every run of lenet takes 0.5 s):
+    """kill -9 of one worker while 16 clients keep calls in flight on both (every run of lenet takes 0.5 s, one
+    image a batch, so each worker always holds queued calls: with merged batches, a kill late in a run would
+    find the sibling's calls all in that run, answered within the 0.3 s below):
     the victim's calls fail UNAVAILABLE at once (its connections are gone); the parent says which worker
     died and how, and stops the sibling with SIGTERM, so the sibling goes on answering the calls it holds
     (some answered well after the kill) before it exits; no call hangs or ends any other way (CANCELLED:
     a held call dropped); the server exits 1."""
     (tmp_path / "sitecustomize.py").write_text(SLOW_RUNS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    proc, address = start_server(repository, "--workers", "2", "--grace", "10", env=env)
+    proc, address = start_server(repository, "--workers", "2", "--grace", "10", "--max-batch", "1", env=env)
     try:
         workers = children(proc.pid)
         assert len(workers) == 2, workers
