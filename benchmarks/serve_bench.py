@@ -76,16 +76,20 @@ def export_models(repo: Path, names: list[str]) -> None:
 DISTINCT = itertools.count()
 
 
-def in_process(path: Path, shape, batch: int, seconds: float) -> float:
+def in_process(path: Path, shape, batch: int, seconds: float, threads: int = 0) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of onnxruntime in this process at ``batch`` (``threads``: intra-op threads,
+    0: onnxruntime's default)."""
     import onnxruntime as ort
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
     sess.run(["logits"], {"input": x})
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         sess.run(["logits"], {"input": x})
         n += batch
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), 1e3 * (time.process_time() - c0) / n
 
 
 async def drive(address: str, model: str, shape, concurrency: int, seconds: float,
@@ -234,15 +238,18 @@ def loadgen_binary() -> Path | None:
 
 
 def loadgen(binary: Path, address: str, model: str, shape, concurrency: int,
-            seconds: float, channels: int = 1) -> tuple[float, float, float]:
-    """requests/s, p50 ms, p99 ms from the C++ client (``channels`` connections, the calls spread over them)."""
+            seconds: float, channels: int = 1, warmup: float = 0.5) -> tuple[float, float, float]:
+    """requests/s, p50 ms, p99 ms from the C++ client (``channels`` connections, the calls spread over them;
+    the first ``warmup`` seconds of calls are not counted)."""
     out = subprocess.run([str(binary), address, model, ",".join(map(str, shape[1:])), "logits", str(concurrency),
-                          str(seconds), str(channels)], capture_output=True, text=True, check=True).stdout.split()
+                          str(seconds), str(channels), str(warmup)], capture_output=True, text=True,
+                         check=True).stdout.split()
     return float(out[0]), float(out[1]), float(out[2])
 
 
-def noop_floor(binary: Path | None, seconds: float) -> None:
-    """The grpc.aio stack's own ceiling here: a server that does nothing per call."""
+def start_noop() -> tuple[subprocess.Popen, str]:
+    """A grpc.aio server that answers ModelInfer with a pre-serialized reply and does nothing else, once it
+    listens: (process, address)."""
     from serving._generated.inference import grpc_service_pb2 as pb
     reply = pb.ModelInferResponse(model_name="lenet", outputs=[pb.ModelInferResponse.InferOutputTensor(
         name="logits", datatype="FP32", shape=[1, 10])], raw_output_contents=[bytes(40)]).SerializeToString()
@@ -250,10 +257,16 @@ def noop_floor(binary: Path | None, seconds: float) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", NOOP, str(port), reply.hex()])
     address = f"127.0.0.1:{port}"
+    import grpc
+    with grpc.insecure_channel(address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+    return proc, address
+
+
+def noop_floor(binary: Path | None, seconds: float) -> None:
+    """The grpc.aio stack's own ceiling here: a server that does nothing per call."""
+    proc, address = start_noop()
     try:
-        import grpc
-        with grpc.insecure_channel(address) as ch:
-            grpc.channel_ready_future(ch).result(timeout=30)
         row("no-op", "grpc.aio py client c=32", *asyncio.run(drive(address, "lenet", [-1, 1, 28, 28], 32, seconds)))
         if binary:
             row("no-op", "C++ client c=32", *loadgen(binary, address, "lenet", [-1, 1, 28, 28], 32, seconds))
@@ -345,7 +358,7 @@ def in_process_rows(repo: Path, names: list[str], seconds: float, got: dict) -> 
     for name in names:
         newest = max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         for b in (1, 32):
-            got[name, "ort", b] = in_process(newest / "classifier.onnx", shape_of(repo, name), b, seconds)
+            got[name, "ort", b] = in_process(newest / "classifier.onnx", shape_of(repo, name), b, seconds)[0]
             row(name, f"in-process ort batch {b}", got[name, "ort", b])
 
 

@@ -21,71 +21,37 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_bench import NOOP, loadgen_binary, tree_cpu  # noqa: E402
+from serve_bench import in_process, loadgen, loadgen_binary, start_noop, tree_cpu  # noqa: E402
 
-from tests.helpers.server import free_port, start_server, stop_server  # noqa: E402
+from tests.helpers.server import start_server, stop_server  # noqa: E402
 
 CONCURRENCY = 32
-
-
-def in_process(path: Path, shape, threads: int, seconds: float) -> tuple[float, float]:
-    """(images/s, CPU ms per image) of batch-32 runs in this process."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((32, *shape[1:])).astype(np.float32)
-    sess.run(["logits"], {"input": x})
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < seconds:
-        sess.run(["logits"], {"input": x})
-        n += 32
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return n / wall, 1e3 * cpu / n
 
 
 def drive(binary: Path, address: str, model: str, shape, seconds: float, server_pid: int) -> tuple[float, float, float]:
     """(calls/s, server CPU ms per call, client CPU ms per call) of the C++ client at concurrency 32."""
     before_s, before_c = tree_cpu(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    out = subprocess.run([str(binary), address, model, ",".join(map(str, shape[1:])), "logits", str(CONCURRENCY),
-                          str(seconds), "4", "0"], capture_output=True, text=True, check=True).stdout.split()
-    wall = time.perf_counter() - t0
+    rate = loadgen(binary, address, model, shape, CONCURRENCY, seconds, 4, warmup=0)[0]
+    calls = rate * (time.perf_counter() - t0)  # every call counted: the client's rate over its whole run
     after_c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rate = float(out[0])
-    calls = rate * wall  # the client's own figure over its run; its start-up is in wall too (a slight under-count)
     client = after_c.ru_utime + after_c.ru_stime - before_c.ru_utime - before_c.ru_stime
     return rate, 1e3 * (tree_cpu(server_pid) - before_s) / calls, 1e3 * client / calls
 
 
-def noop_server() -> tuple[subprocess.Popen, str]:
-    from serving._generated.inference import grpc_service_pb2 as pb
-    reply = pb.ModelInferResponse(model_name="m", outputs=[pb.ModelInferResponse.InferOutputTensor(
-        name="logits", datatype="FP32", shape=[1, 10])], raw_output_contents=[bytes(40)]).SerializeToString()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", NOOP, str(port), reply.hex()])
-    import grpc
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
-    return proc, f"127.0.0.1:{port}"
-
-
 def one_round(a, binary: Path, graph: Path, shape) -> dict:
     r = {}
-    r["ort2"], r["ort2_cpu"] = in_process(graph, shape, 2, a.seconds)
-    r["ort1"], r["ort1_cpu"] = in_process(graph, shape, 1, a.seconds)
-    proc, address = noop_server()
+    r["ort2"], r["ort2_cpu"] = in_process(graph, shape, 32, a.seconds, threads=2)
+    r["ort1"], r["ort1_cpu"] = in_process(graph, shape, 32, a.seconds, threads=1)
+    proc, address = start_noop()
     try:
         r["noop"], r["noop_server"], r["noop_client"] = drive(binary, address, a.model, shape, a.seconds, proc.pid)
     finally:

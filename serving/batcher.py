@@ -138,11 +138,12 @@ class Batcher:
                 self.free.release()
                 continue
             self.last_jobs = len(jobs)
-            batch = self._merge(jobs)
-            if batch[3] <= self.inline_images:
-                await self._run(jobs, *batch, inline=True)
+            outputs, feeds, t_in, n = self._merge(jobs)
+            run = self._run(jobs, outputs, feeds, t_in, n, inline=n <= self.inline_images)
+            if n <= self.inline_images:
+                await run
             else:
-                task = asyncio.get_running_loop().create_task(self._run(jobs, *batch, inline=False))
+                task = asyncio.get_running_loop().create_task(run)
                 self.running.add(task)
                 task.add_done_callback(self.running.discard)
 

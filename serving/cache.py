@@ -19,11 +19,8 @@ import asyncio
 import collections
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from .configs import parse_config
 
 ENTRY_OVERHEAD = 256  # bytes counted per entry beyond its arrays: key, dict and array headers
 
@@ -54,14 +51,6 @@ def parse_cache_config(text: str) -> CacheConfig:
     if size <= 0:
         raise CacheConfigError(f"--cache-config {text!r}: size must be positive")
     return CacheConfig("local", size)
-
-
-def enabled_in(config_pbtxt: Path) -> bool:
-    """Whether a graph's ``config.pbtxt`` asks for the response cache (``response_cache { enable: true }``)."""
-    try:
-        return parse_config(Path(config_pbtxt)).response_cache.enable
-    except (OSError, ValueError):  # unreadable or unparseable: the loader has refused such a version already
-        return False
 
 
 def cache_key(model: str, version: int, graph: str, outputs, feeds: dict[str, np.ndarray],

@@ -36,6 +36,7 @@ class Graph:
     small_session: ort.InferenceSession | None = None  # one intra-op thread, for tiny batches of tiny graphs
     stats: Stats = field(default_factory=Stats)  # KServe v2 ModelStatistics of this graph at this version
     instances: int = 1        # batches the batcher may run at once (Triton's instance_group count)
+    config: object = None     # its parsed config.pbtxt (inference.ModelConfig), read once at load
 
     @property
     def output_names(self) -> list[str]:
@@ -147,11 +148,10 @@ def signature(path: Path) -> tuple:
         return ()
 
 
-def check_configs(path: Path, manifest: dict) -> None:
-    """Every graph's Triton ``config.pbtxt`` (where export wrote one) must parse: a version whose config does
-    not is refused, as Triton would refuse it."""
-    for gname in manifest["graphs"]:
-        parse_config(path / f"{gname}.config.pbtxt")
+def check_configs(path: Path, manifest: dict) -> dict:
+    """Every graph's Triton ``config.pbtxt`` (where export wrote one) parsed, by graph name: a version whose
+    config does not parse is refused (ValueError), as Triton would refuse it."""
+    return {gname: parse_config(path / f"{gname}.config.pbtxt") for gname in manifest["graphs"]}
 
 
 def cpus() -> int:
@@ -162,13 +162,13 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
-def placement(config_file: Path, provider: str, instances: int, intra: int) -> tuple[int, int]:
+def placement(config, provider: str, instances: int, intra: int) -> tuple[int, int]:
     """(instances, intra-op threads) of one graph: the ``serve`` flags where given (non-zero), else the graph's
     ``instance_group`` count in its config.pbtxt, else one instance. On CPU, several instances share the cores
     out among them unless ``intra`` says otherwise (an instance's pool threads would otherwise wait at every
     operator's barrier for a core another instance holds)."""
     if not instances:
-        groups = parse_config(config_file).instance_group
+        groups = config.instance_group
         instances = sum(g.count or 1 for g in groups) or 1
     if provider == "CPUExecutionProvider" and instances > 1 and not intra:
         intra = max(1, cpus() // instances)
@@ -184,10 +184,10 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
         model.manifest = read_manifest(path)
         if problems := verify_files(path):
             raise ValueError("; ".join(problems))
-        check_configs(path, model.manifest)
+        configs = check_configs(path, model.manifest)
         for gname, g in model.manifest["graphs"].items():
             wanted = providers(device, path / g["file"])
-            count, intra = placement(path / f"{gname}.config.pbtxt", wanted[0], instances, intra_op_threads)
+            count, intra = placement(configs[gname], wanted[0], instances, intra_op_threads)
             # One session serves every instance: onnxruntime's run is thread-safe, and with one intra-op
             # thread each run computes on its caller's thread.
             sess = _session(path / g["file"], wanted, intra, inter_op_threads)
@@ -202,7 +202,7 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
                 batch1_ms = _warm_ms(small, g["inputs"])
             model.graphs[gname] = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"],
                                         int(model.manifest.get("max_batch_size", 256)), batch1_ms, small,
-                                        instances=count)
+                                        instances=count, config=configs[gname])
         used = {g.session.get_providers()[0] for g in model.graphs.values()}
         model.provider = ",".join(sorted(used))
         if wanted[0] not in used:  # say so loudly: a silent fall-back to CPU is a classic complaint

@@ -10,6 +10,7 @@ thread reuse an arena whose free pages ``malloc_trim`` can return.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -18,6 +19,7 @@ log = logging.getLogger("glassbox.serving")
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
+@functools.cache
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6")

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 
 from .batcher import Batcher
-from .cache import ResponseCache, cache_key, enabled_in
+from .cache import ResponseCache, cache_key
 from .errors import InvalidArgument, ServingError, Unavailable
 
 log = logging.getLogger("glassbox.serving")
@@ -53,7 +53,8 @@ class Runtime:
                         metrics=self.metrics)
             b.start()
             self.batchers[(model.name, model.version, g.name)] = b
-            if self.cache is not None and enabled_in(model.path / f"{g.name}.config.pbtxt"):
+            # Cached where the graph's config.pbtxt says ``response_cache { enable: true }``, as Triton decides.
+            if self.cache is not None and g.config is not None and g.config.response_cache.enable:
                 self.cached.add((model.name, model.version, g.name))
 
     async def remove(self, model) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from glassbox.data import load_dataset, preprocess
-from serving.cache import CacheConfigError, ResponseCache, cache_key, enabled_in, parse_cache_config
+from serving.cache import CacheConfigError, ResponseCache, cache_key, parse_cache_config
+from serving.configs import parse_config
 from serving.metrics import Metrics
 from tests.helpers.server import free_port, start_server, stop_server
 
@@ -24,8 +25,8 @@ def test_parse_cache_config():
 
 
 def test_export_enables_the_cache_per_graph(repository):
-    assert enabled_in(repository / "lenet" / "1" / "classifier.config.pbtxt")
-    assert enabled_in(repository / "cvae" / "1" / "decoder.config.pbtxt")
+    assert parse_config(repository / "lenet" / "1" / "classifier.config.pbtxt").response_cache.enable
+    assert parse_config(repository / "cvae" / "1" / "decoder.config.pbtxt").response_cache.enable
 
 
 def test_size_bound_under_10000_distinct_inputs():
