@@ -126,11 +126,15 @@ class Batcher:
             # and form the next batch.
             await self.free.acquire()
             # Adaptive delay: a lone request on an idle server runs at once (no added latency);
-            # under concurrent load (several queued, or the last batch merged several) wait up to
-            # max_delay for a fuller batch.
+            # under concurrent load (several queued, or the last batch merged several) wait for a fuller
+            # batch until the oldest job has been queued max_delay, as Triton's max_queue_delay counts.
+            # Under steady load the head has waited a whole run already, so the next batch starts at once
+            # (counting from the instance turning free idled onnxruntime max_delay per batch).
             if self.max_delay_s and (len(self.queue) > 1 or self.last_jobs > 1) and \
                     sum(j.n for j in self.queue) < self.max_batch:
-                await asyncio.sleep(self.max_delay_s)
+                left = self.max_delay_s - (time.perf_counter_ns() - self.queue[0].queued_ns) / 1e9
+                if left > 0:
+                    await asyncio.sleep(left)
             jobs = self._take()
             if self.gauge is not None:
                 self.gauge.set(len(self.queue))
@@ -139,8 +143,9 @@ class Batcher:
                 continue
             self.last_jobs = len(jobs)
             outputs, feeds, t_in, n = self._merge(jobs)
-            run = self._run(jobs, outputs, feeds, t_in, n, inline=n <= self.inline_images)
-            if n <= self.inline_images:
+            inline, t_run = n <= self.inline_images, time.perf_counter_ns()
+            run = self._run(jobs, outputs, self._start(outputs, feeds, inline), n, t_in, t_run)
+            if inline:
                 await run
             else:
                 task = asyncio.get_running_loop().create_task(run)
@@ -155,22 +160,35 @@ class Batcher:
         feeds = jobs[0].feeds if len(jobs) == 1 else {k: np.concatenate([j.feeds[k] for j in jobs]) for k in names}
         return outputs, feeds, t_in, sum(j.n for j in jobs)
 
-    async def _run(self, jobs: list[Job], outputs, feeds, t_in: int, n: int, inline: bool) -> None:
-        """One batch: on the loop itself (``inline``: a tiny one, awaited in place, never suspends) or on an
-        instance's thread; then its jobs are answered and its instance is free again."""
-        t_run = time.perf_counter_ns()
+    def _start(self, outputs, feeds, inline: bool) -> asyncio.Future:
+        """The batch's run as a future: done already where it ran on the loop itself (``inline``: a tiny batch),
+        else running on an instance's thread. Started here, by the loop, not by the task that awaits it: that
+        task first runs after the replies woken before it, and onnxruntime would idle meanwhile."""
+        loop = asyncio.get_running_loop()
+        if not inline:
+            return loop.run_in_executor(self.executor, self.graph.run, outputs, feeds)
+        done = loop.create_future()
         try:
-            if inline:
-                results = self.graph.run_small(outputs, feeds)
-            else:
-                results = await asyncio.get_running_loop().run_in_executor(self.executor, self.graph.run, outputs,
-                                                                           feeds)
+            done.set_result(self.graph.run_small(outputs, feeds))
+        except Exception as e:  # noqa: BLE001 - handed to _run, which fails the batch's jobs with it
+            done.set_exception(e)
+        return done
+
+    async def _run(self, jobs: list[Job], outputs, work: asyncio.Future, n: int, t_in: int, t_run: int) -> None:
+        """Wait for one batch's run (an inline one is done: no suspension), free its instance, answer its jobs.
+        The instance is freed first: the loop's wait for it is woken before the replies, so the next batch
+        starts, and onnxruntime computes it while the loop answers this one."""
+        try:
+            results = await work
         except Exception as e:  # onnxruntime failure: every job of the batch gets it
-            self._fail(jobs, n, e)
-        else:
-            self._finish(jobs, outputs, results, n, t_in, t_run)
-        finally:
             self.free.release()
+            self._fail(jobs, n, e)
+            return
+        except BaseException:  # cancelled (stop): the instance is free all the same
+            self.free.release()
+            raise
+        self.free.release()
+        self._finish(jobs, outputs, results, n, t_in, t_run)
 
     def _fail(self, jobs: list[Job], n: int, e: Exception) -> None:
         log.error("%s: batch of %d failed", self.graph.triton_name, n, exc_info=e)
