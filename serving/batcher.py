@@ -3,13 +3,14 @@
 The batcher coroutine takes every job queued (up to ``max_batch`` images), runs them as one batch
 in a worker thread (onnxruntime releases the GIL), and meanwhile the event loop keeps accepting
 requests, which form the next batch. With ``instances`` above 1 (Triton's instance_group count, from the
-graph) up to that many batches run at once, each on a thread of its own; jobs are taken only when an
-instance is free, so arrivals during the runs still merge. Batches expected to take under ``INLINE_MS`` run on the loop
-itself: for a graph like LeNet the thread hand-off costs more than the run. ``max_delay``
-optionally waits a little for more work, adaptively: only under concurrent load (several
-requests queued, or the previous batch merged several), never for a lone request. Jobs ask for
-any outputs of the graph; the batch runs their union. The queue is bounded: a full queue refuses
-at once (RESOURCE_EXHAUSTED). A job whose deadline has passed is dropped before compute
+graph) up to that many batches run at once, each on a thread of its own (or a process of its own:
+serving/instances.py); jobs are taken only when an instance is free, so arrivals during the runs still
+merge. Batches expected to take under ``INLINE_MS`` run on the loop itself: for a graph like LeNet the
+thread hand-off costs more than the run. ``max_delay`` optionally waits for more work, adaptively: only
+under concurrent load (several requests queued, or the previous batch merged several), never for a lone
+request, and counted from the oldest job's arrival (Triton's max_queue_delay). Jobs ask for any outputs
+of the graph; the batch runs their union. The queue is bounded: a full queue refuses at once
+(RESOURCE_EXHAUSTED). A job whose deadline has passed is dropped before compute
 (DEADLINE_EXCEEDED); a cancelled call's job is skipped. Both are counted
 (``glassbox_dropped_jobs_total{graph, reason="deadline"|"cancelled"}``).
 """
@@ -71,6 +72,8 @@ class Batcher:
         self.drop_counters = {r: metrics.dropped.labels(graph.triton_name, r) for r in self.dropped} if metrics else {}
 
     def start(self) -> None:
+        if getattr(self.graph, "procs", None) is not None:
+            self.graph.procs.watch()
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -78,6 +81,8 @@ class Batcher:
             if t is not None:
                 t.cancel()
         self.executor.shutdown(wait=False)
+        if getattr(self.graph, "procs", None) is not None:
+            self.graph.procs.close()
 
     def depth(self) -> int:
         return len(self.queue)
@@ -166,7 +171,10 @@ class Batcher:
         task first runs after the replies woken before it, and onnxruntime would idle meanwhile."""
         loop = asyncio.get_running_loop()
         if not inline:
-            return loop.run_in_executor(self.executor, self.graph.run, outputs, feeds)
+            procs = getattr(self.graph, "procs", None)  # process instances (serving/instances.py)
+            work = procs.submit(outputs, feeds) if procs is not None else None
+            # None: thread instances, or no process instance idle (one lost, being replaced): the server's session
+            return work if work is not None else loop.run_in_executor(self.executor, self.graph.run, outputs, feeds)
         done = loop.create_future()
         try:
             done.set_result(self.graph.run_small(outputs, feeds))

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from glassbox.manifest import read_manifest, verify_files
 
 from .configs import parse_config
+from .instances import ProcessInstances
 from .stats import Stats
 
 log = logging.getLogger("glassbox.serving")
@@ -37,6 +38,7 @@ class Graph:
     stats: Stats = field(default_factory=Stats)  # KServe v2 ModelStatistics of this graph at this version
     instances: int = 1        # batches the batcher may run at once (Triton's instance_group count)
     config: object = None     # its parsed config.pbtxt (inference.ModelConfig), read once at load
+    procs: ProcessInstances | None = None  # serve --instance-kind process: the instances, each a process
 
     @property
     def output_names(self) -> list[str]:
@@ -162,22 +164,57 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
-def placement(config, provider: str, instances: int, intra: int) -> tuple[int, int]:
+def placement(config, provider: str, instances: int, intra: int, kind: str = "thread") -> tuple[int, int]:
     """(instances, intra-op threads) of one graph: the ``serve`` flags where given (non-zero), else the graph's
-    ``instance_group`` count in its config.pbtxt, else one instance. On CPU, several instances share the cores
-    out among them unless ``intra`` says otherwise (an instance's pool threads would otherwise wait at every
-    operator's barrier for a core another instance holds)."""
+    ``instance_group`` count in its config.pbtxt, else one instance (one per CPU for process instances on CPU).
+    On CPU, several instances share the cores out among them unless ``intra`` says otherwise (an instance's pool
+    threads would otherwise wait at every operator's barrier for a core another instance holds)."""
     if not instances:
         groups = config.instance_group
-        instances = sum(g.count or 1 for g in groups) or 1
+        instances = sum(g.count or 1 for g in groups) or (cpus() if kind == "process" and
+                                                           provider == "CPUExecutionProvider" else 1)
     if provider == "CPUExecutionProvider" and instances > 1 and not intra:
         intra = max(1, cpus() // instances)
     return instances, intra
 
 
+def _load_graph(path: Path, gname: str, g: dict, config, wanted: list[str], max_batch: int, instances: int,
+                intra_op_threads: int, inter_op_threads: int, instance_kind: str) -> Graph:
+    """One graph of a version: its session, warmed up, and its instances (threads, or processes where asked)."""
+    count, intra = placement(config, wanted[0], instances, intra_op_threads)
+    # One session serves every thread instance: onnxruntime's run is thread-safe, and with one intra-op
+    # thread each run computes on its caller's thread.
+    sess = _session(path / g["file"], wanted, intra, inter_op_threads)
+    # The first runs allocate: do them before the first request. The time tells the batcher
+    # which batches are small enough to run without a thread hand-off.
+    batch1_ms, small = _warm_ms(sess, g["inputs"]), None
+    if intra == 0 and wanted[0] == "CPUExecutionProvider" and batch1_ms < SMALL_GRAPH_MS:
+        # For a graph this small, a few-image batch spends more on handing work to pool
+        # threads and waking them than it saves: those run on a one-thread session, large
+        # batches keep the pool, where the threads pay for themselves.
+        small = _session(path / g["file"], wanted, 1, inter_op_threads)
+        batch1_ms = _warm_ms(small, g["inputs"])
+    graph = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"], max_batch, batch1_ms, small,
+                  instances=count, config=config)
+    if instance_kind == "process" and wanted[0] == "CPUExecutionProvider":
+        # The server's own session stays: the warm-up above, the small batches run inline, and the stand-in
+        # while a lost process is replaced.
+        graph.instances, intra = placement(config, wanted[0], instances, intra_op_threads, "process")
+        graph.procs = ProcessInstances(path / g["file"], wanted, graph.instances, intra, inter_op_threads)
+    return graph
+
+
+def close_instances(model: Model) -> None:
+    """End the process instances of ``model``'s graphs (none run a batch any more)."""
+    for g in model.graphs.values():
+        if g.procs is not None:
+            g.procs.close()
+
+
 def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 0,
-               instances: int = 0) -> Model:
-    """Load one version directory: READY with its sessions, or FAILED with the reason (logged, never raised)."""
+               instances: int = 0, instance_kind: str = "thread") -> Model:
+    """Load one version directory: READY with its sessions, or FAILED with the reason (logged, never raised).
+    ``instance_kind`` "process": each CPU graph's instances are processes (serving/instances.py)."""
     model = Model(path.parent.name, int(path.name), path, directory=path.name, signature=signature(path))
     try:
         # The same checks export runs before publishing: schema, then every file's sha256.
@@ -187,22 +224,8 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
         configs = check_configs(path, model.manifest)
         for gname, g in model.manifest["graphs"].items():
             wanted = providers(device, path / g["file"])
-            count, intra = placement(configs[gname], wanted[0], instances, intra_op_threads)
-            # One session serves every instance: onnxruntime's run is thread-safe, and with one intra-op
-            # thread each run computes on its caller's thread.
-            sess = _session(path / g["file"], wanted, intra, inter_op_threads)
-            # The first runs allocate: do them before the first request. The time tells the batcher
-            # which batches are small enough to run without a thread hand-off.
-            batch1_ms, small = _warm_ms(sess, g["inputs"]), None
-            if intra == 0 and wanted[0] == "CPUExecutionProvider" and batch1_ms < SMALL_GRAPH_MS:
-                # For a graph this small, a few-image batch spends more on handing work to pool
-                # threads and waking them than it saves: those run on a one-thread session, large
-                # batches keep the pool, where the threads pay for themselves.
-                small = _session(path / g["file"], wanted, 1, inter_op_threads)
-                batch1_ms = _warm_ms(small, g["inputs"])
-            model.graphs[gname] = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"],
-                                        int(model.manifest.get("max_batch_size", 256)), batch1_ms, small,
-                                        instances=count, config=configs[gname])
+            model.graphs[gname] = _load_graph(path, gname, g, configs[gname], wanted, int(model.manifest.get(
+                "max_batch_size", 256)), instances, intra_op_threads, inter_op_threads, instance_kind)
         used = {g.session.get_providers()[0] for g in model.graphs.values()}
         model.provider = ",".join(sorted(used))
         if wanted[0] not in used:  # say so loudly: a silent fall-back to CPU is a classic complaint
@@ -213,6 +236,7 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
             for g in model.graphs.values()))
         model.state = READY
     except Exception as e:  # any failure: not served, reason kept for ListModels
+        close_instances(model)
         model.graphs, model.state = {}, FAILED
         model.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
         log.error("not serving %s/%s: %s", model.name, model.version, model.error)

@@ -58,6 +58,7 @@ class ServerOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     instances: int = 0
+    instance_kind: str = "thread"
     device: str = "auto"
     max_message_mb: int = 64
     max_connection_age_ms: int = 0
@@ -115,7 +116,8 @@ class Server:
             Repository(options.repository, policy=policy), self.runtime, mode=options.model_control_mode,
             poll_secs=options.repository_poll_secs, load_models=options.load_model, metrics=self.metrics,
             session_options={"device": options.device, "intra_op_threads": options.intra_op_threads,
-                             "inter_op_threads": options.inter_op_threads, "instances": options.instances})
+                             "inter_op_threads": options.inter_op_threads, "instances": options.instances,
+                             "instance_kind": options.instance_kind})
         self.runtime.control = self.control
         self.runtime.held = supervisor is not None
         self.stopping = asyncio.Event()  # set by a signal, by ``request_stop`` or by the parent going away
