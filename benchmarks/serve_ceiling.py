@@ -1,6 +1,7 @@
 """How fast a served model could be on this machine: the CPU a call needs, part by part, and the bound it sets.
 
     .venv/bin/python benchmarks/serve_ceiling.py --repository R --model resnet [--seconds 6] [--rounds 3]
+    .venv/bin/python benchmarks/serve_ceiling.py --repository R --server-args '' --server-args '--instance-kind process'
 
 Batch-1 ModelInfer calls at concurrency 32 from the C++ client (benchmarks/loadgen), with the server, the
 client and onnxruntime sharing this machine's CPUs. Each round measures, in this order and side by side:
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,12 +59,13 @@ def one_round(a, binary: Path, graph: Path, shape) -> dict:
     finally:
         proc.kill()
         proc.wait()
-    proc, address = start_server(a.repository, "--model-control-mode", "none", *a.server_args.split())
-    try:
-        r["served"], r["served_server"], r["served_client"] = drive(binary, address, a.model, shape, a.seconds,
-                                                                    proc.pid)
-    finally:
-        stop_server(proc)
+    for k, args in enumerate(a.server_args or [""]):
+        proc, address = start_server(a.repository, "--model-control-mode", "none", *args.split())
+        try:
+            r["served", k], r["served_server", k], r["served_client", k] = drive(binary, address, a.model, shape,
+                                                                                 a.seconds, proc.pid)
+        finally:
+            stop_server(proc)
     cpus = len(os.sched_getaffinity(0))
     r["bound"] = 1e3 * cpus / (min(r["ort1_cpu"], r["ort2_cpu"]) + r["noop_server"] + r["noop_client"])  # ms -> /s
     return r
@@ -74,7 +77,8 @@ def main() -> None:
     ap.add_argument("--model", default="resnet", help="a classifier of the repository (its newest version)")
     ap.add_argument("--seconds", type=float, default=6.0, help="measurement time per point")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every point, side by side")
-    ap.add_argument("--server-args", default="", help="extra serve options, e.g. '--instances 2'")
+    ap.add_argument("--server-args", action="append", help="extra serve options, e.g. '--instance-kind process'; "
+                    "repeat it to measure several servers in every round, side by side ('' for the defaults)")
     a = ap.parse_args()
     binary = loadgen_binary()
     if binary is None:
@@ -84,14 +88,24 @@ def main() -> None:
     shape = json.loads((newest / "manifest.json").read_text())["input"]["shape"]
     print(f"{len(os.sched_getaffinity(0))} CPUs; load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}; "
           f"C++ client, batch-1 ModelInfer, concurrency {CONCURRENCY}, 4 connections")
+    variants = a.server_args or [""]
     print(f"{'round':>5s} {'ort b32 2thr':>13s} {'ort b32 1thr':>13s} {'no-op calls/s':>14s} {'no-op srv/cli':>14s} "
-          f"{'served':>8s} {'served srv/cli':>15s} {'bound':>7s} {'70% of b32':>10s} {'served/b32':>10s}")
-    for k in range(a.rounds):
+          f"{'bound':>7s} {'70% of b32':>10s}   then per server: images/s, server/client CPU ms per call, "
+          "served/b32")
+    ratios = {k: [] for k in range(len(variants))}
+    for i in range(a.rounds):
         r = one_round(a, binary, newest / "classifier.onnx", shape)
-        print(f"{k + 1:5d} {r['ort2']:6.0f} {r['ort2_cpu']:4.2f}ms {r['ort1']:6.0f} {r['ort1_cpu']:4.2f}ms "
-              f"{r['noop']:14.0f} {r['noop_server']:6.2f}/{r['noop_client']:.2f}ms {r['served']:8.0f} "
-              f"{r['served_server']:7.2f}/{r['served_client']:.2f}ms {r['bound']:7.0f} {0.7 * r['ort2']:10.0f} "
-              f"{r['served'] / r['ort2']:10.0%}", flush=True)
+        line = (f"{i + 1:5d} {r['ort2']:6.0f} {r['ort2_cpu']:4.2f}ms {r['ort1']:6.0f} {r['ort1_cpu']:4.2f}ms "
+                f"{r['noop']:14.0f} {r['noop_server']:6.2f}/{r['noop_client']:.2f}ms {r['bound']:7.0f} "
+                f"{0.7 * r['ort2']:10.0f}")
+        for k, args in enumerate(variants):
+            ratios[k].append(r["served", k] / r["ort2"])
+            line += (f" | {args or 'defaults'}: {r['served', k]:.0f} {r['served_server', k]:.2f}/"
+                     f"{r['served_client', k]:.2f}ms {ratios[k][-1]:.0%}")
+        print(line, flush=True)
+    for k, args in enumerate(variants):
+        print(f"{args or 'defaults'}: served/b32 median {statistics.median(ratios[k]):.0%} over {a.rounds} rounds "
+              f"(min {min(ratios[k]):.0%}, max {max(ratios[k]):.0%})")
     print("CPU columns: ms per image (in-process) or per call (server/client). bound (images/s): CPUs / (cheapest "
           "ort CPU per image + no-op server + client CPU per call); what serve spends per call beyond the no-op "
           "server and onnxruntime is served srv - no-op srv - cheapest ort.")

@@ -43,11 +43,11 @@ D = ServerOptions()  # the defaults, defined once
                    "thread or process (--instance-kind; Triton's instance_group count). 0: the graph's config.pbtxt "
                    "instance_group, else 1. On CPU, N instances share the cores (intra-op threads: CPUs / N unless "
                    "given).")
-@click.option("--instance-kind", default=D.instance_kind, type=click.Choice(["thread", "process"]),
-              help="What an instance is on CPU. thread: a worker thread of the server. process: a process of its own "
-                   "with its own session (serving/instances.py), so that onnxruntime never waits for the GIL the event "
-                   "loop holds; with --instances 0 and no instance_group, one one-thread process per CPU. Faster for "
-                   "convolution-heavy graphs under concurrent load; costs a process (and a copy of the model) each.")
+@click.option("--instance-kind", default=D.instance_kind, type=click.Choice(["process", "thread"]),
+              help="What an execution instance of a CPU graph is. process (default): a process of its own with its "
+                   "own session (serving/instances.py), so that onnxruntime never waits for the GIL the event loop "
+                   "holds; with --instances 0 and no instance_group, one one-thread process per CPU (up to 4). "
+                   "thread: a worker thread of the server (one process, one copy of each graph; GPU graphs always).")
 @click.option("--intra-op-threads", default=D.intra_op_threads, type=click.IntRange(0),
               help="onnxruntime threads per operator (0: auto - with several instances the CPUs shared out among them; "
                    "with one, onnxruntime's default, one per core, and for graphs that run batch-1 in under 1 ms a "

@@ -1,6 +1,7 @@
-"""Execution instances as processes: ``serve --instance-kind process``.
+"""Execution instances as processes: ``serve --instance-kind process``, the default on CPU.
 
-    serve --repository exported --instance-kind process        # N one-thread processes per CPU graph, N = CPUs
+    serve --repository exported                           # per CPU graph, one one-thread process per CPU (up to 4)
+    serve --repository exported --instance-kind thread    # the batches on threads of the server itself
 
 With thread instances (the default) a batch runs on a worker thread of the server: onnxruntime releases the GIL
 while it computes, but the thread needs the GIL to start the run and to hand the outputs back, and while the
@@ -30,6 +31,8 @@ from pathlib import Path
 
 log = logging.getLogger("glassbox.serving")
 
+# Where multiprocessing has no fork server (Windows), instances stay threads.
+PROCESSES_POSSIBLE = "forkserver" in multiprocessing.get_all_start_methods()
 START_TIMEOUT_S = 60.0  # a session that takes longer to build is taken for hung
 NICE = 5  # instance processes run at nice +5 (measured against 0 and +10: README, "Measured")
 _CTX = None
@@ -67,7 +70,10 @@ def _worker(path: str, providers: list[str], threads: int, inter: int, cpu: int 
             reply = ("ok", sess.run(outputs, feeds))
         except Exception as e:  # noqa: BLE001 - a failed run fails its batch, not the instance
             reply = ("error", f"{type(e).__name__}: {e}")
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except OSError:  # the server is gone (killed mid-batch): nobody to answer
+            return
 
 
 class _Process:

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from glassbox.manifest import read_manifest, verify_files
 
 from .configs import parse_config
-from .instances import ProcessInstances
+from .instances import PROCESSES_POSSIBLE, ProcessInstances
 from .stats import Stats
 
 log = logging.getLogger("glassbox.serving")
@@ -114,6 +114,9 @@ def providers(device: str, graph_file: Path) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+# Process instances per CPU graph when neither serve --instances nor the config says: one per CPU up to this
+# (each holds a copy of the graph; on a large machine the intra-op threads share the rest out among them).
+MAX_DEFAULT_PROCESSES = 4
 SMALL_GRAPH_MS = 1.0  # batch-1 latency under which a graph gets a one-thread session for small batches
 
 
@@ -166,13 +169,14 @@ def cpus() -> int:
 
 def placement(config, provider: str, instances: int, intra: int, kind: str = "thread") -> tuple[int, int]:
     """(instances, intra-op threads) of one graph: the ``serve`` flags where given (non-zero), else the graph's
-    ``instance_group`` count in its config.pbtxt, else one instance (one per CPU for process instances on CPU).
+    ``instance_group`` count in its config.pbtxt, else one instance (process instances on CPU: one per CPU, up to
+    ``MAX_DEFAULT_PROCESSES``).
     On CPU, several instances share the cores out among them unless ``intra`` says otherwise (an instance's pool
     threads would otherwise wait at every operator's barrier for a core another instance holds)."""
     if not instances:
         groups = config.instance_group
-        instances = sum(g.count or 1 for g in groups) or (cpus() if kind == "process" and
-                                                           provider == "CPUExecutionProvider" else 1)
+        instances = sum(g.count or 1 for g in groups) or (min(cpus(), MAX_DEFAULT_PROCESSES) if kind == "process"
+                                                           and provider == "CPUExecutionProvider" else 1)
     if provider == "CPUExecutionProvider" and instances > 1 and not intra:
         intra = max(1, cpus() // instances)
     return instances, intra
@@ -196,7 +200,7 @@ def _load_graph(path: Path, gname: str, g: dict, config, wanted: list[str], max_
         batch1_ms = _warm_ms(small, g["inputs"])
     graph = Graph(gname, g["triton_name"], sess, g["inputs"], g["outputs"], max_batch, batch1_ms, small,
                   instances=count, config=config)
-    if instance_kind == "process" and wanted[0] == "CPUExecutionProvider":
+    if instance_kind == "process" and wanted[0] == "CPUExecutionProvider" and PROCESSES_POSSIBLE:
         # The server's own session stays: the warm-up above, the small batches run inline, and the stand-in
         # while a lost process is replaced.
         graph.instances, intra = placement(config, wanted[0], instances, intra_op_threads, "process")

@@ -58,7 +58,7 @@ class ServerOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     instances: int = 0
-    instance_kind: str = "thread"
+    instance_kind: str = "process"
     device: str = "auto"
     max_message_mb: int = 64
     max_connection_age_ms: int = 0

@@ -163,8 +163,9 @@ def test_a_process_that_dies_is_replaced_and_only_a_batch_it_ran_fails(lenet_gra
 def test_loader_gives_each_cpu_graph_one_process_per_cpu_and_a_failed_version_leaves_none(repository, tmp_path,
                                                                                           monkeypatch):
     """--instance-kind process without --instances or an instance_group: one one-thread process per CPU for every
-    graph; --instances 3 gives 3. A version that fails to load after some of its graphs started processes ends
-    them. Catches a loader that ignores the kind, gives each process every core, or leaks processes."""
+    graph (up to 4, the cores shared among them); --instances 3 gives 3; threads and GPUs keep one instance. A
+    version that fails to load after some of its graphs started processes ends them. Catches a loader that
+    ignores the kind, gives each process every core, or leaks processes."""
     monkeypatch.setattr(loader, "cpus", lambda: 2)
     model = loader.load_model(repository / "lenet" / "1", device="cpu", instance_kind="process")
     try:
@@ -179,6 +180,12 @@ def test_loader_gives_each_cpu_graph_one_process_per_cpu_and_a_failed_version_le
     three = loader.load_model(repository / "lenet" / "1", device="cpu", instance_kind="process", instances=3)
     assert {len(g.procs.idle) for g in three.graphs.values()} == {3}
     loader.close_instances(three)
+    # On a large machine the default stops at MAX_DEFAULT_PROCESSES, the cores shared out among them.
+    monkeypatch.setattr(loader, "cpus", lambda: 16)
+    config = model.graphs["classifier"].config
+    assert loader.placement(config, "CPUExecutionProvider", 0, 0, "process") == (4, 4)
+    assert loader.placement(config, "CPUExecutionProvider", 0, 0, "thread") == (1, 0)
+    assert loader.placement(config, "CUDAExecutionProvider", 0, 0, "process") == (1, 0)
 
     # The second graph's session cannot be built (its file is not ONNX, its sha256 re-listed so the checks pass):
     # the first graph's processes had started.
@@ -206,8 +213,8 @@ def test_loader_gives_each_cpu_graph_one_process_per_cpu_and_a_failed_version_le
 
 
 def test_server_with_process_instances_serves_both_apis_and_stops_them(repository, tmp_path):
-    """``serve --instance-kind process --instances 2``: a 64-image Classify (too large to run on the loop) and a
-    v2 ModelInfer equal the server's thread-instance answers; the server's process tree holds the instance
+    """``serve --instances 2`` (process instances, the default): a 64-image Classify (too large to run on the loop)
+    and a v2 ModelInfer equal ``--instance-kind thread``'s answers; the server's process tree holds the instance
     processes, at nice 5, one CPU each; one killed while idle is replaced at once, and calls go on; SIGTERM
     leaves no process behind. Catches the flag not reaching the loader, a server that stops answering once an
     instance dies, and orphaned processes."""
@@ -215,14 +222,14 @@ def test_server_with_process_instances_serves_both_apis_and_stops_them(repositor
     repo = tmp_path / "repo"
     shutil.copytree(repository / "lenet", repo / "lenet")
     x = np.random.default_rng(1).standard_normal((64, 1, 28, 28)).astype(np.float32)
-    proc, address = start_server(repo, "--model-control-mode", "none")
+    proc, address = start_server(repo, "--model-control-mode", "none", "--instance-kind", "thread")
     try:
+        assert instance_processes(proc.pid) == []
         with GlassboxClient(address, timeout=30) as c:
             want = c.classify("lenet", x, return_logits=True).logits
     finally:
         assert stop_server(proc) == 0
-    proc, address = start_server(repo, "--model-control-mode", "none", "--instance-kind", "process",
-                                 "--instances", "2")
+    proc, address = start_server(repo, "--model-control-mode", "none", "--instances", "2")  # process: the default
     try:
         instances = instance_processes(proc.pid)
         assert len(instances) == 4, descendants(proc.pid)  # 2 graphs x 2 instances

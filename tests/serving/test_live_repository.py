@@ -231,8 +231,9 @@ serving.cli.main()
 def test_a_call_in_flight_on_a_retiring_version_completes(repo, x):
     """With latest:1, publishing version 2 retires version 1 while calls pinned to it are queued behind 0.3 s
     session runs: every one of them is answered by version 1."""
+    # Thread instances: the slowed session runs are this process's own (process instances have sessions of theirs).
     proc, address = start_server(repo, *POLL, "--version-policy", "latest:1", "--max-batch", "1",
-                                 "--log-level", "INFO", serve=[sys.executable, "-c", SLOW])
+                                 "--log-level", "INFO", "--instance-kind", "thread", serve=[sys.executable, "-c", SLOW])
     try:
         from serving._generated.glassbox.v1 import glassbox_pb2 as pb
         from serving._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc

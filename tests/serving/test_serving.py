@@ -469,7 +469,8 @@ def test_deadline_behind_a_busy_queue(repository, images):
     from serving._generated.glassbox.v1 import glassbox_pb2 as pb
     from serving._generated.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
     metrics_port = free_port()
-    proc, address = start_server(repository, "--metrics-port", str(metrics_port),
+    # Thread instances: the slowed session runs are this process's own (process instances have sessions of theirs).
+    proc, address = start_server(repository, "--metrics-port", str(metrics_port), "--instance-kind", "thread",
                                  serve=[sys.executable, "-c", SLOW_RUN])
     try:
         # 256 images, the manifest's max_batch: every call is a batch of its own (none merges with the late one)
