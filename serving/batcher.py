@@ -82,7 +82,7 @@ class Batcher:
                 t.cancel()
         self.executor.shutdown(wait=False)
         if getattr(self.graph, "procs", None) is not None:
-            self.graph.procs.close()
+            await self.graph.procs.stop()
 
     def depth(self) -> int:
         return len(self.queue)

@@ -103,11 +103,19 @@ class _Process:
             return "error", f"instance process {self.proc.pid} exited (code {self.proc.exitcode})"
 
     def close(self) -> None:
+        """Close the socket (the process, reading EOF, exits) and reap the process: blocking, up to 2 s."""
         self.conn.close()
         self.proc.join(2)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
+
+
+def _close_all(processes: list[_Process]) -> None:
+    for p in processes:  # every socket first: the processes exit side by side, then each is reaped
+        p.conn.close()
+    for p in processes:
+        p.close()
 
 
 class ProcessInstances:
@@ -127,7 +135,6 @@ class ProcessInstances:
         except Exception:
             self.close()
             raise
-        self.count = count
         self.closed = False
 
     def watch(self) -> None:
@@ -165,18 +172,21 @@ class ProcessInstances:
         else:  # died while running the batch: the batch fails (run again here, it might take the server along)
             future.set_exception(RuntimeError(f"{detail} while running this batch"))
             return self._lost(p, detail)
-        if self.closed:  # closed while this batch ran
-            self._unwatch(p)
-            p.close()
+        if self.closed:  # stopped while this batch ran
+            self._end(p)
         else:
             self.idle.append(p)
+
+    def _end(self, p: _Process) -> None:
+        """Stop reading ``p`` and end it, on a thread: reaping a process blocks."""
+        self._unwatch(p)
+        asyncio.get_running_loop().run_in_executor(None, p.close)
 
     def _lost(self, p: _Process, why: str) -> None:
         log.error("%s: %s; starting another", self.path, why)
         if p in self.idle:
             self.idle.remove(p)
-        self._unwatch(p)
-        p.close()
+        self._end(p)
         if not self.closed:
             task = asyncio.get_running_loop().run_in_executor(None, _Process, *self.args, p.cpu)
             task.add_done_callback(self._replaced)
@@ -185,18 +195,24 @@ class ProcessInstances:
         if task.exception() is not None:
             log.error("%s: no instance process could replace the lost one: %s", self.path, task.exception())
         elif self.closed:
-            task.result().close()
+            asyncio.get_running_loop().run_in_executor(None, task.result().close)
         else:
             self._watch(task.result())
             self.idle.append(task.result())
 
-    def close(self) -> None:
-        """End every idle instance (closing its socket ends its process). Call once no batch runs."""
+    async def stop(self) -> None:
+        """From the event loop: end every idle instance (an instance running a batch ends once it answers)."""
         self.closed = True
-        for p in self.idle:
+        idle, self.idle = self.idle, []
+        for p in idle:
             self._unwatch(p)
-            p.close()
-        self.idle = []
+        await asyncio.get_running_loop().run_in_executor(None, _close_all, idle)
+
+    def close(self) -> None:
+        """``stop`` where no event loop watches the instances (a version that failed to load): blocking."""
+        self.closed = True
+        idle, self.idle = self.idle, []
+        _close_all(idle)
 
     @staticmethod
     def _unwatch(p: _Process) -> None:

@@ -215,9 +215,9 @@ def test_loader_gives_each_cpu_graph_one_process_per_cpu_and_a_failed_version_le
 def test_server_with_process_instances_serves_both_apis_and_stops_them(repository, tmp_path):
     """``serve --instances 2`` (process instances, the default): a 64-image Classify (too large to run on the loop)
     and a v2 ModelInfer equal ``--instance-kind thread``'s answers; the server's process tree holds the instance
-    processes, at nice 5, one CPU each; one killed while idle is replaced at once, and calls go on; SIGTERM
-    leaves no process behind. Catches the flag not reaching the loader, a server that stops answering once an
-    instance dies, and orphaned processes."""
+    processes, at nice 5, one CPU each; one killed while idle is replaced at once, and calls go on; unloading
+    the model ends its instances; SIGTERM leaves no process behind. Catches the flag not reaching the loader, a
+    server that stops answering once an instance dies, and orphaned processes."""
     from serving.client import GlassboxClient
     repo = tmp_path / "repo"
     shutil.copytree(repository / "lenet", repo / "lenet")
@@ -229,7 +229,8 @@ def test_server_with_process_instances_serves_both_apis_and_stops_them(repositor
             want = c.classify("lenet", x, return_logits=True).logits
     finally:
         assert stop_server(proc) == 0
-    proc, address = start_server(repo, "--model-control-mode", "none", "--instances", "2")  # process: the default
+    proc, address = start_server(repo, "--model-control-mode", "explicit", "--load-model", "lenet",
+                                 "--instances", "2")  # process instances: the default
     try:
         instances = instance_processes(proc.pid)
         assert len(instances) == 4, descendants(proc.pid)  # 2 graphs x 2 instances
@@ -261,11 +262,15 @@ def test_server_with_process_instances_serves_both_apis_and_stops_them(repositor
         inp = tc.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         got = t.infer("lenet", [inp], outputs=[tc.InferRequestedOutput("logits")]).as_numpy("logits")
-        t.close()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        tree = descendants(proc.pid)
         after = instance_processes(proc.pid)
         assert victim not in after and len(after) == 4  # replaced
+        t.unload_model("lenet")  # a retired version's instances end with it
+        assert gone_within(after), descendants(proc.pid)
+        t.load_model("lenet")
+        t.close()
+        tree = descendants(proc.pid)
+        assert len(instance_processes(proc.pid)) == 4
     finally:
         assert stop_server(proc) == 0
     assert gone_within(tree)
