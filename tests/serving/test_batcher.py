@@ -636,9 +636,9 @@ def test_the_next_batch_starts_before_the_last_one_is_answered():
         b = Batcher(g, max_batch=1)
         start = b._start
 
-        def recorded(outputs, feeds, inline):
+        def recorded(outputs, feeds, inline, lone=False):
             order.append(f"start {int(feeds['input'][0, 0])}")
-            return start(outputs, feeds, inline)
+            return start(outputs, feeds, inline, lone)
         b._start = recorded
 
         async def call(k):
@@ -670,3 +670,49 @@ def test_one_instance_never_runs_two_batches_at_once():
 
     got = run(scenario)
     assert all(isinstance(x, threading.BrokenBarrierError) for x in got), got
+
+
+class Procs:
+    """Process instances as the batcher sees them (serving/instances.py): ``submit`` computes as the graph would,
+    recording the batch sizes it took; ``idle`` False: none can take a batch (a lost one being replaced)."""
+
+    def __init__(self, graph):
+        self.graph, self.sizes, self.idle = graph, [], True
+
+    def watch(self):
+        pass
+
+    def submit(self, outputs, feeds):
+        if not self.idle:
+            return None
+        self.sizes.append(len(feeds["input"]))
+        fut = asyncio.get_running_loop().create_future()
+        x = feeds["input"]
+        fut.set_result([{"y": x * 2, "z": x + 1}[o] for o in outputs])
+        return fut
+
+    async def stop(self):
+        self.stopped = True
+
+
+def test_merged_batches_go_to_the_process_instances_and_a_lone_call_to_the_servers_session():
+    """With process instances, a batch of merged calls goes to them; a lone call on an idle server runs on the
+    server's own session (every core for one batch, no hand-off); with no instance idle, a merged batch runs on the
+    server's session too, not lost. Stopping the batcher stops the instances. Catches a batcher that ignores its
+    instances, sends a lone call through a one-thread process, or drops a batch no instance can take."""
+    g = Graph()
+    g.procs = Procs(g)
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        lone = await start_with_queued(b, [(1, 1)])
+        merged = await asyncio.gather(*[b.submit(rows(k), ["y"], 1, None) for k in (2, 3, 4)])
+        g.procs.idle = False
+        stranded = await asyncio.gather(*[b.submit(rows(k), ["y"], 1, None) for k in (5, 6)])
+        await b.stop()
+        return lone, merged, stranded
+    lone, merged, stranded = run(scenario)
+    assert [o["y"].tolist() for o in lone + merged + stranded] == [[[2 * k, 2 * k]] for k in range(1, 7)]
+    assert g.procs.sizes == [3]  # the merged batch only
+    assert [r[:2] for r in g.runs] == [("run", 1), ("run", 2)]  # the lone call, then the batch none could take
+    assert g.procs.stopped
