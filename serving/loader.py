@@ -235,7 +235,8 @@ def load_model(path: Path, *, device: str = "auto", intra_op_threads: int = 0, i
         if wanted[0] not in used:  # say so loudly: a silent fall-back to CPU is a classic complaint
             log.warning("%s/%s: wanted %s but runs on %s", model.name, model.version, wanted[0], model.provider)
         log.info("loaded %s/%s on %s: %s", model.name, model.version, model.provider, ", ".join(
-            f"{g.name} ({g.batch1_ms:.2f} ms at batch 1, {g.instances} instance{'s' * (g.instances > 1)}"
+            f"{g.name} ({g.batch1_ms:.2f} ms at batch 1, {g.instances} {'process' if g.procs else 'thread'} "
+            f"instance{'s' * (g.instances > 1)}"
             f"{', small batches on 1 thread' if g.small_session else ''})"
             for g in model.graphs.values()))
         model.state = READY
