@@ -41,8 +41,8 @@ D = ServerOptions()  # the defaults, defined once
 @click.option("--instances", default=D.instances, type=click.IntRange(0),
               help="Execution instances per graph: batches of one graph that may run at once, each on its own "
                    "thread or process (--instance-kind; Triton's instance_group count). 0: the graph's config.pbtxt "
-                   "instance_group, else 1. On CPU, N instances share the cores (intra-op threads: CPUs / N unless "
-                   "given).")
+                   "instance_group, else one per CPU up to 4 for process instances, 1 for threads. On CPU, N "
+                   "instances share the cores (intra-op threads: CPUs / N unless given).")
 @click.option("--instance-kind", default=D.instance_kind, type=click.Choice(["process", "thread"]),
               help="What an execution instance of a CPU graph is. process (default): a process of its own with its "
                    "own session (serving/instances.py), so that onnxruntime never waits for the GIL the event loop "
