@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_bench import loadgen, loadgen_binary  # noqa: E402
+from serve_bench import loadgen, required_loadgen, shape_of  # noqa: E402
 
 from tests.helpers.server import start_server, stop_server  # noqa: E402
 
@@ -67,11 +67,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="measurement time")
     ap.add_argument("--server-args", default="", help="extra serve options, e.g. '--instances 2'")
     a = ap.parse_args()
-    binary = loadgen_binary()
-    if binary is None:
-        sys.exit("the C++ load generator is needed (benchmarks/loadgen/build.sh)")
-    newest = max((p for p in (a.repository / a.model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    shape = json.loads((newest / "manifest.json").read_text())["input"]["shape"]
+    binary = required_loadgen()
+    shape = shape_of(a.repository, a.model)
     with tempfile.TemporaryDirectory() as tmp:
         runs_file = Path(tmp) / "runs.json"
         env = {**os.environ, "GLASSBOX_RUNS_FILE": str(runs_file)}

@@ -279,11 +279,23 @@ def noop_floor(binary: Path | None, seconds: float) -> None:
         proc.wait()
 
 
+def newest_version(repo: Path, name: str) -> Path:
+    """The directory of the model's newest version in ``repo``."""
+    return max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
 def shape_of(repo: Path, name: str) -> list[int]:
     """[-1, C, H, W] of the model's input, from its newest manifest."""
-    newest = max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    spec = json.loads((newest / "manifest.json").read_text())["preprocessing"]
+    spec = json.loads((newest_version(repo, name) / "manifest.json").read_text())["preprocessing"]
     return [-1, spec["channels"], *spec["size"]]
+
+
+def required_loadgen() -> Path:
+    """The C++ load generator, built if need be; exits where it cannot be (the caller measures nothing else)."""
+    binary = loadgen_binary()
+    if binary is None:
+        sys.exit("the C++ load generator is needed (benchmarks/loadgen/build.sh)")
+    return binary
 
 
 def main():
@@ -360,7 +372,7 @@ def served_rows(a, repo: Path, names: list[str], w: int, concurrencies, binary, 
 def in_process_rows(repo: Path, names: list[str], seconds: float, got: dict) -> None:
     """onnxruntime in this process on each model's newest classifier graph, at batch 1 and 32."""
     for name in names:
-        newest = max((p for p in (repo / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        newest = newest_version(repo, name)
         for b in (1, 32):
             got[name, "ort", b] = in_process(newest / "classifier.onnx", shape_of(repo, name), b, seconds)[0]
             row(name, f"in-process ort batch {b}", got[name, "ort", b])

@@ -31,7 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_bench import in_process, loadgen, loadgen_binary, start_noop, tree_cpu  # noqa: E402
+from serve_bench import (  # noqa: E402
+    in_process,
+    loadgen,
+    newest_version,
+    required_loadgen,
+    shape_of,
+    start_noop,
+    tree_cpu,
+)
 
 from tests.helpers.server import start_server, stop_server  # noqa: E402
 
@@ -80,12 +88,9 @@ def main() -> None:
     ap.add_argument("--server-args", action="append", help="extra serve options, e.g. '--instance-kind process'; "
                     "repeat it to measure several servers in every round, side by side ('' for the defaults)")
     a = ap.parse_args()
-    binary = loadgen_binary()
-    if binary is None:
-        sys.exit("the C++ load generator is needed (benchmarks/loadgen/build.sh)")
-    newest = max((p for p in (a.repository / a.model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    import json
-    shape = json.loads((newest / "manifest.json").read_text())["input"]["shape"]
+    binary = required_loadgen()
+    newest = newest_version(a.repository, a.model)
+    shape = shape_of(a.repository, a.model)
     print(f"{len(os.sched_getaffinity(0))} CPUs; load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}; "
           f"C++ client, batch-1 ModelInfer, concurrency {CONCURRENCY}, 4 connections")
     variants = a.server_args or [""]
