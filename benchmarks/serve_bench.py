@@ -179,19 +179,9 @@ def row(model: str, mode: str, ips: float, p50: float | None = None, p99: float 
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by process ``pid`` and its descendants (``serve --workers``, and
     the instance processes of ``--instance-kind process``, children of multiprocessing's fork server)."""
+    from tests.helpers.server import process_tree
     tick = os.sysconf("SC_CLK_TCK")
-    procs = {}  # pid -> (parent pid, CPU seconds)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # utime, stime
-    tree, grew = {pid}, True
-    while grew:
-        more = {p for p, (parent, _) in procs.items() if parent in tree} - tree
-        tree, grew = tree | more, bool(more)
-    return sum(procs[p][1] for p in tree if p in procs)
+    return sum(int(f[11]) + int(f[12]) for f in process_tree(pid).values()) / tick  # utime, stime
 
 
 def perf_analyzer_tool():

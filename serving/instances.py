@@ -96,11 +96,12 @@ class _Process:
             raise RuntimeError(f"instance process for {path.name}: {detail}")
         self.future: asyncio.Future | None = None  # the batch it runs
 
-    def _recv(self):
+    def _recv(self) -> tuple[str, object]:
+        """(status, detail) from the process: ready, ok (outputs), error (why the run failed), or exited."""
         try:
             return self.conn.recv()
         except (EOFError, OSError):
-            return "error", f"instance process {self.proc.pid} exited (code {self.proc.exitcode})"
+            return "exited", f"instance process {self.proc.pid} exited (code {self.proc.exitcode})"
 
     def close(self) -> None:
         """Close the socket (the process, reading EOF, exits) and reap the process: blocking, up to 2 s."""
@@ -165,13 +166,13 @@ class ProcessInstances:
         future, p.future = p.future, None
         if future is None:  # nothing asked of it: its exit (EOF)
             return self._lost(p, detail)
-        if status == "ok":
-            future.set_result(detail)
-        elif p.proc.is_alive() and not detail.startswith("instance process"):
-            future.set_exception(RuntimeError(detail))  # the run failed, the instance is fine
-        else:  # died while running the batch: the batch fails (run again here, it might take the server along)
+        if status == "exited":  # died while running the batch: it fails (run again here, it might take the server)
             future.set_exception(RuntimeError(f"{detail} while running this batch"))
             return self._lost(p, detail)
+        if status == "ok":
+            future.set_result(detail)
+        else:  # the run failed, the instance is fine
+            future.set_exception(RuntimeError(detail))
         if self.closed:  # stopped while this batch ran
             self._end(p)
         else:

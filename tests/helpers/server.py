@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def process_tree(pid: int) -> dict[int, list[str]]:
+    """``pid`` and every process below it (``serve --workers``, instance processes under the fork server):
+    pid -> the fields of /proc/PID/stat after the command name (0: state, 1: parent pid, 11/12: utime/stime
+    in clock ticks, 16: nice)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, f in stats.items() if int(f[1]) in tree} - tree
+        tree, grew = tree | more, bool(more)
+    return {p: stats[p] for p in tree if p in stats}
 
 
 SLOW_LOAD = """

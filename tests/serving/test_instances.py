@@ -19,7 +19,7 @@ import pytest
 
 from serving import loader
 from serving.instances import ProcessInstances
-from tests.helpers.server import start_server, stop_server
+from tests.helpers.server import process_tree, start_server, stop_server
 
 
 def alive(pid: int) -> bool:
@@ -39,20 +39,11 @@ def gone_within(pids, seconds=10.0) -> bool:
 
 def descendants(pid: int) -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every process below ``pid``."""
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError):
-            continue
-    tree, grew = {pid}, True
-    while grew:
-        more = {p for p, pp in parent.items() if pp in tree} - tree
-        tree, grew = tree | more, bool(more)
     out = {}
-    for p in tree - {pid}:
+    for p, f in process_tree(pid).items():
         try:
-            out[p] = parent[p], Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if p != pid:
+                out[p] = int(f[1]), Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             pass
     return out

@@ -14,20 +14,19 @@ import numpy as np
 import pytest
 
 from serving.client import GlassboxClient, ServerUnavailable, addresses
-from tests.helpers.server import closed_loop, free_port, signal_under_load, start_server, stop_server
+from tests.helpers.server import (
+    closed_loop,
+    free_port,
+    process_tree,
+    signal_under_load,
+    start_server,
+    stop_server,
+)
 
 
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            kids.append(int(stat.parent.name))
-    return sorted(kids)
+    return sorted(p for p, f in process_tree(pid).items() if int(f[1]) == pid)
 
 
 def accepted(pid: int, port: int) -> int:
