@@ -37,8 +37,8 @@ never jumps back or ahead.
 - An epoch that runs so late (the machine got busy) that the clock passes the plan's end is cut
   short there: its remaining steps would overrun the budget, at a learning rate near its final value.
   Likewise, when the epochs ran slower than planned and the schedule is not done but the next
-  epoch would not fit, a closing epoch runs and is cut at the deadline (if a fifth of an epoch or
-  more is left), so the schedule still ends annealed.
+  epoch would not fit, a closing epoch runs and is cut at the deadline (if a training step or more
+  fits before it), so the schedule still ends annealed.
 
 **Sharing a profile's budget** (``train-all --time-budget`` or a top-level ``time_budget`` in the
 profile file; it replaces the runs' own ``time_budget``): runs are trained in order and each gets
@@ -217,9 +217,10 @@ class Budget:
         eval_s = min(self.eval_s or 0.0, 0.5 * epoch_s)
         if n < 1:
             # The epochs ran slower than the last plan assumed and the schedule is not done: a closing
-            # epoch, cut at the deadline, finishes it (when a fifth of an epoch or more is left).
+            # epoch, cut at the deadline, finishes it when a training step or more still fits before the
+            # deadline (however few: an unannealed end costs more accuracy than a short epoch's validation).
             end = self.total - self.reserve() - eval_s
-            if p < 1.0 and end - t >= 0.2 * epoch_s:
+            if p < 1.0 and end - t >= self.train_s / self.steps_per_epoch:
                 self._plan(t, p, step, end, self.steps_per_epoch)
                 return True
             return first

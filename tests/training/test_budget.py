@@ -244,3 +244,36 @@ def test_budget_used_up_before_a_resumed_session_trains_nothing():
     # A run that has trained nothing yet trains one epoch, whatever is left: there is no checkpoint otherwise.
     b = Budget(60, 100, train_images=10_000, val_images=1000, test_images=1000, used_s=59.5, clock=lambda: now[0])
     assert b.next_epoch(10, 0, first=True)
+
+
+def _simulate(budget: Budget, now: list, epochs: int, step_s, eval_s: float) -> list[tuple[int, float]]:
+    """Drive ``budget`` as fit() does, on the fake clock ``now``: (steps, progress at the last step) of each
+    epoch; ``step_s(epoch)`` is that epoch's seconds per step (the machine slows down when it grows)."""
+    rows, step = [], 0
+    while budget.next_epoch(epochs - len(rows), step, first=not rows):
+        taken = 0
+        for _ in range(budget.steps_per_epoch):
+            now[0] += step_s(len(rows))
+            step, taken = step + 1, taken + 1
+            p = budget.progress(step)
+            if budget.out_of_time:
+                break
+        now[0] += eval_s
+        budget.note_eval(eval_s)
+        rows.append((taken, p))
+    return rows
+
+
+def test_a_closing_epoch_anneals_the_schedule_when_a_few_steps_still_fit():
+    """Epochs of 10 s (100 steps and 1 s of validation) on 100 s; from the seventh the steps take 1.8x as
+    long. The eighth then ends with the schedule at 0.98, the next epoch does not fit, and what is left
+    before the deadline is under a fifth of a (now 18 s) epoch but some 16 steps. They run, cut at the
+    deadline, and the lr ends at 0 within the budget (the schedule used to stop at 0.98)."""
+    now = [0.0]
+    b = Budget(100, 100, train_images=10_000, val_images=1000, test_images=1000, clock=lambda: now[0])
+    rows = _simulate(b, now, 50, lambda epoch: 0.09 * (1.8 if epoch >= 6 else 1.0), eval_s=1.0)
+    print(rows, now[0])
+    assert [s for s, _ in rows[:8]] == [100] * 8 and 0.95 < rows[7][1] < 1.0, "the slow epochs run whole"
+    assert len(rows) == 9 and 0 < rows[8][0] < 20 and rows[8][1] == 1.0, "a short closing epoch anneals"
+    # The cut comes after the step that crossed the deadline: at most one step (0.162 s) past it.
+    assert now[0] <= 100 - b.reserve() + 0.09 * 1.8, "and leaves the test scoring its reserve"
