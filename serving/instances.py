@@ -3,7 +3,7 @@
     serve --repository exported                           # per CPU graph, one one-thread process per CPU (up to 4)
     serve --repository exported --instance-kind thread    # the batches on threads of the server itself
 
-With thread instances (the default) a batch runs on a worker thread of the server: onnxruntime releases the GIL
+With thread instances a batch runs on a worker thread of the server: onnxruntime releases the GIL
 while it computes, but the thread needs the GIL to start the run and to hand the outputs back, and while the
 event loop answers a burst of calls it holds the GIL for up to CPython's 5 ms switch interval. On 2 cores that
 left onnxruntime idle a quarter of the time at concurrency 32 (``benchmarks/serve_ceiling.py``; README).
