@@ -150,9 +150,17 @@ class Batcher:
             # A lone call on an idle server (nothing merged now or last time, nothing queued behind it)
             lone = len(jobs) == 1 and self.last_jobs <= 1 and not self.queue
             self.last_jobs = len(jobs)
-            outputs, feeds, t_in, n = self._merge(jobs)
-            inline, t_run = n <= self.inline_images, time.perf_counter_ns()
-            run = self._run(jobs, outputs, self._start(outputs, feeds, inline, lone), n, t_in, t_run)
+            try:
+                outputs, feeds, t_in, n = self._merge(jobs)
+                inline, t_run = n <= self.inline_images, time.perf_counter_ns()
+                work = self._start(outputs, feeds, inline, lone)
+            except Exception as e:  # noqa: BLE001 - a batch that cannot start fails alone; the loop serves on
+                # (an exception here used to end this coroutine: every later call of the graph hung until its
+                # deadline). Its jobs get the error (INTERNAL to the client, logged).
+                self.free.release()
+                self._fail(jobs, sum(j.n for j in jobs), e)
+                continue
+            run = self._run(jobs, outputs, work, n, t_in, t_run)
             if inline:
                 await run
             else:

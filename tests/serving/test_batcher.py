@@ -250,6 +250,27 @@ def test_a_failed_run_fails_every_job_of_the_batch_and_the_next_batch_runs():
     assert out["y"].tolist() == [[10, 10]]
 
 
+def test_a_batch_that_cannot_start_fails_its_jobs_and_the_batcher_serves_on():
+    """Feeds that do not concatenate (or an instance that cannot take the batch) fail that batch's jobs with
+    the error; the next call is served (the loop used to die there, and every later call hung)."""
+    g = Graph()
+
+    async def scenario():
+        b = Batcher(g, max_batch=8)
+        bad = {"input": np.zeros((1, 3), np.float32)}  # two columns in the other job: no concatenation
+        futs = [asyncio.ensure_future(b.submit(f, ["y"], 1, None)) for f in (rows(1), bad)]
+        await asyncio.sleep(0)
+        b.start()
+        errors = await asyncio.gather(*futs, return_exceptions=True)
+        out = await b.submit(rows(5), ["y"], 1, None)
+        await b.stop()
+        return errors, out
+
+    errors, out = run(scenario)
+    assert [type(e) for e in errors] == [ValueError, ValueError] and "concatenat" in str(errors[0])
+    assert out["y"].tolist() == [[10, 10]] and [r[:2] for r in g.runs] == [("run", 1)]
+
+
 def test_a_job_cancelled_while_its_batch_computes_gets_no_result_and_the_others_do():
     gate = threading.Event()
     g = Graph(gate=gate)
