@@ -104,7 +104,8 @@ class Budget:
     ``progress(step)`` drives the schedule (``step``: the scheduler's step count, called once per
     step); ``next_epoch(epochs_left, step, first)`` is asked before every epoch; ``note_eval(s)``
     after each validation; ``state(step)`` goes into the checkpoint and ``Budget(..., **state)``
-    resumes. ``train_images``, ``val_images``: what this process trains and validates per epoch.
+    resumes. ``train_images``, ``val_images``: what this process trains and validates per epoch (the
+    validation pass's images: the test split's too where it draws test curves).
     """
 
     FIXED_FINISH_S = 1.0  # loading best.pt, the curves figure, metrics and checkpoint writes

@@ -149,8 +149,11 @@ def _budget(cfg: dict, state: dict | None, steps_per_epoch: int, sizes: tuple[in
         return None
     saved = (state.get("budget") if state is not None else None) or {}
     train, val, test = sizes
+    # With test curves every epoch's validation scores the test split too: the budget plans (and scales its
+    # reserve for the closing test scoring) from what that pass scores, not from the validation split alone.
+    scored = val + (test if cfg["test_curves"] else 0)
     return Budget(float(cfg["time_budget"]), steps_per_epoch, train_images=train // dist.world_size,
-                  val_images=val // dist.world_size, test_images=test, classifier=cfg["task"] == "classifier",
+                  val_images=scored // dist.world_size, test_images=test, classifier=cfg["task"] == "classifier",
                   start=start, sync=functools.partial(distributed.broadcast_float, d=dist), **saved)
 
 

@@ -277,3 +277,30 @@ def test_a_closing_epoch_anneals_the_schedule_when_a_few_steps_still_fit():
     assert len(rows) == 9 and 0 < rows[8][0] < 20 and rows[8][1] == 1.0, "a short closing epoch anneals"
     # The cut comes after the step that crossed the deadline: at most one step (0.162 s) past it.
     assert now[0] <= 100 - b.reserve() + 0.09 * 1.8, "and leaves the test scoring its reserve"
+
+
+def test_with_test_curves_the_budget_plans_from_what_validation_really_scores():
+    """Test curves make every validation score the test split too (here 200 validation and 10,000 test images
+    against 1,800 trained, 28 steps of 0.05 s: a 2.66 s pass beside 1.4 s of training). On 10 s, the first
+    plan (made during the first epoch, before any validation is timed) must count that pass: counted as 200
+    images, it planned two epochs, and the run stopped after one with the schedule at 0.46; counted in full,
+    it plans one, cut to fit, that ends at 0 within the budget."""
+    from training.distributed import SINGLE
+    from training.prepare import _budget
+
+    def simulated(test_curves: bool):
+        now = [0.0]
+        cfg = {"time_budget": 10.0, "task": "classifier", "test_curves": test_curves}
+        defaults = Budget.__init__.__kwdefaults__
+        real, defaults["clock"] = defaults["clock"], lambda: now[0]
+        try:
+            b = _budget(cfg, None, 28, (1800, 200, 10_000), SINGLE, start=0.0)
+        finally:
+            defaults["clock"] = real
+        return _simulate(b, now, 500, lambda epoch: 0.05, eval_s=2.66), now[0], b
+
+    rows, end, b = simulated(test_curves=True)
+    assert len(rows) == 1 and rows[0][1] == 1.0 and rows[0][0] < 28, rows
+    assert end <= 10 - b.reserve() + 0.05, "the closing test scoring keeps its reserve"
+    rows, _, _ = simulated(test_curves=False)  # the budget blind to the test split, as it was
+    assert rows[-1][1] < 0.6, rows
