@@ -176,12 +176,29 @@ def row(model: str, mode: str, ips: float, p50: float | None = None, p99: float 
     print(f"{model:10s} {mode:26s} {ips:10.0f}{tail}{extra}", flush=True)
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` and its descendants (``serve --workers``, and
-    the instance processes of ``--instance-kind process``, children of multiprocessing's fork server)."""
+def cpu_parts(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by process ``pid``, in three parts: its main thread (``loop``: the
+    event loop of ``serve``), its other threads (``threads``: gRPC's, onnxruntime's pools, thread instances) and
+    the processes below it (``below``: the instance processes of ``--instance-kind process``, children of
+    multiprocessing's fork server, and the workers of ``serve --workers``)."""
     from tests.helpers.server import process_tree
     tick = os.sysconf("SC_CLK_TCK")
-    return sum(int(f[11]) + int(f[12]) for f in process_tree(pid).values()) / tick  # utime, stime
+
+    def seconds(fields: list[str]) -> float:
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    tree = process_tree(pid)
+    try:
+        loop = seconds(Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split())
+    except (OSError, IndexError):  # the process has exited
+        loop = 0.0
+    own = seconds(tree[pid]) if pid in tree else loop
+    return {"loop": loop, "threads": own - loop, "below": sum(seconds(f) for p, f in tree.items() if p != pid)}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and every process below it."""
+    return sum(cpu_parts(pid).values())
 
 
 def perf_analyzer_tool():

@@ -11,7 +11,9 @@ client and onnxruntime sharing this machine's CPUs. Each round measures, in this
 - a no-op grpc.aio server (answers ModelInfer with a pre-serialised reply, nothing parsed, no work):
   calls/s and the CPU per call of the server and of the client. This is what gRPC in Python costs a call
   before any model runs;
-- ``serve`` on the model: calls/s, CPU per call of the server and of the client.
+- ``serve`` on the model: calls/s, CPU per call of the server and of the client, and the server's in three
+  parts: its event loop (the main thread), its other threads (gRPC's, onnxruntime's, thread instances) and the
+  processes below it (process instances).
 
 The bound: with every CPU busy and nothing idle, a served image costs at least onnxruntime's cheapest CPU
 per image plus the no-op server's and the client's CPU per call, so no server on grpc.aio can exceed
@@ -33,13 +35,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from serve_bench import (  # noqa: E402
+    cpu_parts,
     in_process,
     loadgen,
     newest_version,
     required_loadgen,
     shape_of,
     start_noop,
-    tree_cpu,
 )
 
 from tests.helpers.server import start_server, stop_server  # noqa: E402
@@ -47,15 +49,18 @@ from tests.helpers.server import start_server, stop_server  # noqa: E402
 CONCURRENCY = 32
 
 
-def drive(binary: Path, address: str, model: str, shape, seconds: float, server_pid: int) -> tuple[float, float, float]:
-    """(calls/s, server CPU ms per call, client CPU ms per call) of the C++ client at concurrency 32."""
-    before_s, before_c = tree_cpu(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+def drive(binary: Path, address: str, model: str, shape, seconds: float,
+          server_pid: int) -> tuple[float, float, float, dict[str, float]]:
+    """(calls/s, server CPU ms per call, client CPU ms per call, the server's CPU ms per call by part: see
+    ``serve_bench.cpu_parts``) of the C++ client at concurrency 32."""
+    before_s, before_c = cpu_parts(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     rate = loadgen(binary, address, model, shape, CONCURRENCY, seconds, 4, warmup=0)[0]
     calls = rate * (time.perf_counter() - t0)  # every call counted: the client's rate over its whole run
-    after_c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after_c, after_s = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_parts(server_pid)
     client = after_c.ru_utime + after_c.ru_stime - before_c.ru_utime - before_c.ru_stime
-    return rate, 1e3 * (tree_cpu(server_pid) - before_s) / calls, 1e3 * client / calls
+    parts = {k: 1e3 * (after_s[k] - before_s[k]) / calls for k in after_s}
+    return rate, sum(parts.values()), 1e3 * client / calls, parts
 
 
 def one_round(a, binary: Path, graph: Path, shape) -> dict:
@@ -64,15 +69,15 @@ def one_round(a, binary: Path, graph: Path, shape) -> dict:
     r["ort1"], r["ort1_cpu"] = in_process(graph, shape, 32, a.seconds, threads=1)
     proc, address = start_noop()
     try:
-        r["noop"], r["noop_server"], r["noop_client"] = drive(binary, address, a.model, shape, a.seconds, proc.pid)
+        r["noop"], r["noop_server"], r["noop_client"], _ = drive(binary, address, a.model, shape, a.seconds, proc.pid)
     finally:
         proc.kill()
         proc.wait()
     for k, args in enumerate(a.server_args or [""]):
         proc, address = start_server(a.repository, "--model-control-mode", "none", *args.split())
         try:
-            r["served", k], r["served_server", k], r["served_client", k] = drive(binary, address, a.model, shape,
-                                                                                 a.seconds, proc.pid)
+            (r["served", k], r["served_server", k], r["served_client", k],
+             r["served_parts", k]) = drive(binary, address, a.model, shape, a.seconds, proc.pid)
         finally:
             stop_server(proc)
     # Batch 32 again after the servers, and the yardstick is the mean of both: the machine's speed drifts over a
@@ -111,8 +116,10 @@ def main() -> None:
                 f"{0.7 * r['ort2']:10.0f}")
         for k, args in enumerate(variants):
             ratios[k].append(r["served", k] / r["ort2"])
+            parts = r["served_parts", k]
             line += (f" | {args or 'defaults'}: {r['served', k]:.0f} {r['served_server', k]:.2f}/"
-                     f"{r['served_client', k]:.2f}ms {ratios[k][-1]:.0%}")
+                     f"{r['served_client', k]:.2f}ms ({parts['loop']:.2f} loop, {parts['threads']:.2f} threads, "
+                     f"{parts['below']:.2f} processes) {ratios[k][-1]:.0%}")
         print(line, flush=True)
     for k, args in enumerate(variants):
         print(f"{args or 'defaults'}: served/b32 median {statistics.median(ratios[k]):.0%} over {a.rounds} rounds "
