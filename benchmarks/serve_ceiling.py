@@ -1,7 +1,7 @@
 """How fast a served model could be on this machine: the CPU a call needs, part by part, and the bound it sets.
 
     .venv/bin/python benchmarks/serve_ceiling.py --repository R --model resnet [--seconds 6] [--rounds 3]
-    .venv/bin/python benchmarks/serve_ceiling.py --repository R --server-args '' --server-args '--instance-kind process'
+    .venv/bin/python benchmarks/serve_ceiling.py --repository R --server-args '' --server-args '--instance-kind thread'
 
 Batch-1 ModelInfer calls at concurrency 32 from the C++ client (benchmarks/loadgen), with the server, the
 client and onnxruntime sharing this machine's CPUs. Each round measures, in this order and side by side:
@@ -73,7 +73,7 @@ def one_round(a, binary: Path, graph: Path, shape) -> dict:
     finally:
         proc.kill()
         proc.wait()
-    for k, args in enumerate(a.server_args or [""]):
+    for k, args in enumerate(a.server_args):
         proc, address = start_server(a.repository, "--model-control-mode", "none", *args.split())
         try:
             (r["served", k], r["served_server", k], r["served_client", k],
@@ -99,29 +99,29 @@ def main() -> None:
     ap.add_argument("--server-args", action="append", help="extra serve options, e.g. '--instance-kind process'; "
                     "repeat it to measure several servers in every round, side by side ('' for the defaults)")
     a = ap.parse_args()
+    a.server_args = a.server_args or [""]  # no --server-args: the defaults alone
     binary = required_loadgen()
     newest = newest_version(a.repository, a.model)
     shape = shape_of(a.repository, a.model)
     print(f"{len(os.sched_getaffinity(0))} CPUs; load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}; "
           f"C++ client, batch-1 ModelInfer, concurrency {CONCURRENCY}, 4 connections")
-    variants = a.server_args or [""]
     print(f"{'round':>5s} {'ort b32 2thr':>11s} {'ort b32 1thr':>13s} {'no-op calls/s':>14s} {'no-op srv/cli':>14s} "
           f"{'bound':>7s} {'70% of b32':>10s}   then per server: images/s, server/client CPU ms per call, "
           "served/b32")
-    ratios = {k: [] for k in range(len(variants))}
+    ratios = {k: [] for k in range(len(a.server_args))}
     for i in range(a.rounds):
         r = one_round(a, binary, newest / "classifier.onnx", shape)
         line = (f"{i + 1:5d} {r['ort2']:6.0f}±{r['ort2_spread']:3.0%} {r['ort1']:6.0f} {r['ort1_cpu']:4.2f}ms "
                 f"{r['noop']:14.0f} {r['noop_server']:6.2f}/{r['noop_client']:.2f}ms {r['bound']:7.0f} "
                 f"{0.7 * r['ort2']:10.0f}")
-        for k, args in enumerate(variants):
+        for k, args in enumerate(a.server_args):
             ratios[k].append(r["served", k] / r["ort2"])
             parts = r["served_parts", k]
             line += (f" | {args or 'defaults'}: {r['served', k]:.0f} {r['served_server', k]:.2f}/"
                      f"{r['served_client', k]:.2f}ms ({parts['loop']:.2f} loop, {parts['threads']:.2f} threads, "
                      f"{parts['below']:.2f} processes) {ratios[k][-1]:.0%}")
         print(line, flush=True)
-    for k, args in enumerate(variants):
+    for k, args in enumerate(a.server_args):
         print(f"{args or 'defaults'}: served/b32 median {statistics.median(ratios[k]):.0%} over {a.rounds} rounds "
               f"(min {min(ratios[k]):.0%}, max {max(ratios[k]):.0%})")
     print("ort b32 2thr: the mean of the points before and after the servers, ± their difference over that mean. "

@@ -203,11 +203,10 @@ class ProcessInstances:
 
     async def stop(self) -> None:
         """From the event loop: end every idle instance (an instance running a batch ends once it answers)."""
-        self.closed = True
-        idle, self.idle = self.idle, []
-        for p in idle:
+        self.closed = True  # first, on the loop: from here no callback puts an instance back in ``idle``
+        for p in self.idle:
             self._unwatch(p)
-        await asyncio.get_running_loop().run_in_executor(None, _close_all, idle)
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
         """``stop`` where no event loop watches the instances (a version that failed to load): blocking."""

@@ -291,12 +291,8 @@ def test_with_test_curves_the_budget_plans_from_what_validation_really_scores():
     def simulated(test_curves: bool):
         now = [0.0]
         cfg = {"time_budget": 10.0, "task": "classifier", "test_curves": test_curves}
-        defaults = Budget.__init__.__kwdefaults__
-        real, defaults["clock"] = defaults["clock"], lambda: now[0]
-        try:
-            b = _budget(cfg, None, 28, (1800, 200, 10_000), SINGLE, start=0.0)
-        finally:
-            defaults["clock"] = real
+        b = _budget(cfg, None, 28, (1800, 200, 10_000), SINGLE, start=0.0)  # given a start, it reads no clock yet
+        b.clock = lambda: now[0]
         return _simulate(b, now, 500, lambda epoch: 0.05, eval_s=2.66), now[0], b
 
     rows, end, b = simulated(test_curves=True)

@@ -113,5 +113,5 @@ def test_ddp_time_budget_decides_alike_on_every_rank(fmnist_dir, tmp_path):
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert metrics["time_budget_s"] == budget and metrics["budget_used_s"] <= budget + margin(budget)
     # On failure, the budget's own account (its plan and why it stopped) and the last epochs say why.
-    log = [line for line in (r.stdout + r.stderr).splitlines() if "time budget" in line or "epoch" in line]
-    assert hist[-1]["lr"] < 1e-3 * 0.003, ("cosine ends at ~0", hist[-3:], log[-8:])
+    assert hist[-1]["lr"] < 1e-3 * 0.003, ("cosine ends at ~0", hist[-3:], [
+        line for line in (r.stdout + r.stderr).splitlines() if "time budget" in line or "epoch" in line][-8:])
